@@ -1,0 +1,62 @@
+"""saliencybench: an evaluation benchmark suite for image attribution methods.
+
+>>> import saliencybench as sb
+>>> sb.list_methods("grad*")          # doctest: +SKIP
+>>> model = sb.create_model("sb_resnet")  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+__version__ = "0.1.0"
+
+from saliencybench.benchmark.registry import (  # noqa: E402
+    DATASETS,
+    METHODS,
+    METRICS,
+    MODELS,
+    load_plugin,
+    register_dataset,
+    register_method,
+    register_metric,
+    register_model,
+)
+
+
+def list_methods(pattern: str = "*") -> list[str]:
+    return METHODS.names(pattern)
+
+
+def list_metrics(pattern: str = "*") -> list[str]:
+    return METRICS.names(pattern)
+
+
+def list_models(pattern: str = "*") -> list[str]:
+    return MODELS.names(pattern)
+
+
+def list_datasets(pattern: str = "*") -> list[str]:
+    return DATASETS.names(pattern)
+
+
+def create_model(name: str, **kw):
+    """Build a registered model (eval mode), like ``timm.create_model``."""
+    return MODELS.get(name).obj(**kw)
+
+
+def load_dataset(name: str, **kw):
+    """Build a registered dataset's :class:`~saliencybench.benchmark.types.SampleSet`."""
+    return DATASETS.get(name).obj(**kw)
+
+
+def attribute(method: str, model, x, target, **params):
+    """Compute a registered method's (B,1,H,W) attribution (see ``compute_attribution``)."""
+    from saliencybench.attributions.base import compute_attribution
+
+    return compute_attribution(method, model, x, target, params=params)
+
+
+__all__ = [
+    "DATASETS", "METHODS", "METRICS", "MODELS", "attribute", "create_model", "list_datasets",
+    "list_methods", "list_metrics", "list_models", "load_dataset", "load_plugin",
+    "register_dataset", "register_method", "register_metric", "register_model",
+]

@@ -1,0 +1,1 @@
+"""Attribution methods; every module here is imported by the registry and registers its methods."""

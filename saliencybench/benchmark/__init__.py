@@ -1,0 +1,1 @@
+"""Registry, config, runner, cache, results store, leaderboard, plots and CLI."""

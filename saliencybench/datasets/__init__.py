@@ -1,0 +1,1 @@
+"""Datasets; every module here is imported by the registry and registers its datasets."""

@@ -1,0 +1,1 @@
+"""Metrics; every module here is imported by the registry and registers its metrics."""

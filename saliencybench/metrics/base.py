@@ -1,0 +1,61 @@
+"""Base class of every metric.
+
+A metric is constructed with its parameters (registry defaults overridden by the suite) and
+evaluated on a batch of cached attributions. Metrics that can share forward passes (the
+perturbation curves) return the same :meth:`group_key` and are evaluated together by
+:meth:`evaluate_group`, so the runner never pays twice for the same perturbed image.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Hashable
+
+from torch import Tensor
+
+from saliencybench.benchmark.types import EvalContext, MetricOutput
+
+
+class Metric:
+    """Subclass and register with ``@register_metric(name, higher_is_better=...)``.
+
+    Class attributes:
+        needs_method: the metric calls ``ctx.attribute`` again (MIA, conservation).
+        needs_mask: the metric needs ground-truth object masks (samples without one get a
+            status instead of a value).
+    """
+
+    name: str = ""
+    needs_method: bool = False
+    needs_mask: bool = False
+
+    def __init__(self, name: str | None = None, **params: Any) -> None:
+        if name is not None:
+            self.name = name
+        self.params = params
+
+    # -- applicability --------------------------------------------------------------------
+    def applies_to(self, method_meta: dict[str, Any]) -> bool:
+        """False when the metric has nothing to say about this method (no row is written)."""
+        return True
+
+    # -- evaluation -----------------------------------------------------------------------
+    def evaluate(self, ctx: EvalContext, attribution: Tensor) -> MetricOutput:
+        """Score one batch. ``attribution`` is (B,1,H,W) on ``ctx.device``."""
+        raise NotImplementedError
+
+    def group_key(self) -> Hashable | None:
+        """Metrics of the same class with equal keys are evaluated in one call."""
+        return None
+
+    @classmethod
+    def evaluate_group(
+        cls, metrics: "list[Metric]", ctx: EvalContext, attribution: Tensor
+    ) -> dict[str, MetricOutput]:
+        return {m.name: m.evaluate(ctx, attribution) for m in metrics}
+
+    def manifest(self) -> dict[str, Any]:
+        """Parameters recorded in run.json."""
+        return {"class": type(self).__name__, **self.params}
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}(name={self.name!r}, params={self.params!r})"

@@ -1,0 +1,1 @@
+"""Models; every module here is imported by the registry and registers its models."""
