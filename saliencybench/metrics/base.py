@@ -8,7 +8,11 @@ perturbation curves) return the same :meth:`group_key` and are evaluated togethe
 
 from __future__ import annotations
 
-from typing import Any, Hashable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Hashable
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 from torch import Tensor
 
@@ -52,6 +56,15 @@ class Metric:
         cls, metrics: "list[Metric]", ctx: EvalContext, attribution: Tensor
     ) -> dict[str, MetricOutput]:
         return {m.name: m.evaluate(ctx, attribution) for m in metrics}
+
+    @classmethod
+    def report(cls, results_dir: "Path", scores: "pd.DataFrame", cache: Any) -> "list[Path]":
+        """Write figures / CSVs for this metric after a run; return their paths.
+
+        ``scores`` has columns suite, dataset, model, method, metric, sample_id, value,
+        status; ``cache.load(dataset, model, method) -> (sample_ids, maps (N,1,H,W))``.
+        """
+        return []
 
     def manifest(self) -> dict[str, Any]:
         """Parameters recorded in run.json."""
