@@ -1,0 +1,510 @@
+"""Command-line interface: ``saliencybench run | list | leaderboard | compare | check-regression | accept | merge | train``.
+
+Exit codes: 0 success, 1 runtime failure, 2 usage error (bad arguments, unknown names,
+malformed config), 130 interrupted (the same command resumes).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from typing import Sequence
+
+EXAMPLES = {
+    "main": """
+examples:
+  saliencybench run                                  # default suite -> results/default, leaderboard.md
+  saliencybench run --methods 'grad*,saliency' --models sb_resnet --n-samples 16 --out runs/quick
+  saliencybench run --config configs/gridpg-default.toml
+  saliencybench list methods 'lrp*'
+  saliencybench leaderboard results/default -o leaderboard.md
+  saliencybench compare --plugin examples/my_method.py --suite default
+  saliencybench check-regression runs/ci --baseline results/default
+""",
+    "run": """
+examples:
+  saliencybench run
+  saliencybench run --suite default --device cuda
+  saliencybench run --config configs/otsuki2024-imagenet.toml --n-samples 1000 --device cuda
+  saliencybench run --methods 'saliency,ixg,lrp*' --metrics insertion,deletion,id_score --out runs/lrp
+  saliencybench run --plugin my_method.py --methods my_method,gradcam --out runs/mine
+  saliencybench run --shard 0/4 --out runs/shard0      # cluster job arrays; then `saliencybench merge`
+  torchrun --nproc_per_node=2 -m saliencybench run --out runs/ddp
+An interrupted run resumes when the same command is run again: finished parts are kept.
+""",
+    "list": """
+examples:
+  saliencybench list methods
+  saliencybench list methods 'grad*'
+  saliencybench list metrics 'quantus:*'
+  saliencybench list models
+  saliencybench list suites
+""",
+    "leaderboard": """
+examples:
+  saliencybench leaderboard results/default -o leaderboard.md
+  saliencybench leaderboard runs/lrp --format latex -o table.tex
+""",
+    "compare": """
+examples:
+  saliencybench compare --plugin examples/my_method.py --suite default
+  saliencybench compare --plugin my_method.py --methods my_method --baseline results/default --out runs/compare
+Only the plugin's methods are computed; every other result is reused from the baseline.
+""",
+    "check-regression": """
+examples:
+  saliencybench check-regression runs/ci --baseline results/default
+  saliencybench check-regression runs/ci --baseline results/default --tolerance 0.01 --relative
+Exit code 1 when any mean score moved beyond the tolerance, in either direction.
+""",
+    "train": """
+examples:
+  saliencybench train sb_resnet
+  saliencybench train sb_vgg --epochs 8 --seed 0
+""",
+}
+
+
+class UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, never a traceback
+        sys.stderr.write(f"saliencybench: error: {message} (see --help)\n")
+        raise SystemExit(2)
+
+
+def _fmt(name: str):
+    return lambda prog: argparse.RawDescriptionHelpFormatter(prog, max_help_position=36)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="saliencybench", description="Evaluation benchmark for image attribution (saliency) methods.",
+                epilog=EXAMPLES["main"], formatter_class=_fmt("main"))
+    p.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = p.add_subparsers(dest="command", parser_class=_Parser)
+
+    r = sub.add_parser("run", help="run a suite (default: the offline default suite)", epilog=EXAMPLES["run"],
+                       formatter_class=_fmt("run"))
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--suite", default=None, help="named suite from configs/ (default: default)")
+    src.add_argument("--config", default=None, help="suite TOML file")
+    r.add_argument("--methods", help="comma list of methods (wildcards allowed), replaces the suite's")
+    r.add_argument("--metrics", help="comma list of metrics (wildcards allowed)")
+    r.add_argument("--models", help="comma list of models, e.g. sb_resnet or resnet50:IMAGENET1K_V1")
+    r.add_argument("--datasets", help="comma list of datasets")
+    r.add_argument("--n-samples", type=int, help="samples per (dataset, model)")
+    r.add_argument("--batch-size", type=int, help="attribution / metric batch size")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default: the suite's, usually auto)")
+    r.add_argument("--seed", type=int, help="global seed")
+    r.add_argument("--out", help="results directory (default: results/<suite>)")
+    r.add_argument("--plugin", action="append", default=[], metavar="FILE",
+                   help="Python file registering extra methods/metrics (repeatable)")
+    r.add_argument("--shard", metavar="K/N", help="compute only shard K of N (0-based); combine with `merge`")
+    r.add_argument("--leaderboard", metavar="FILE", help="where to write the leaderboard "
+                   "(default: leaderboard.md for the default suite in results/default, else OUT/leaderboard.md)")
+    r.add_argument("--no-figures", action="store_true", help="skip figures")
+    r.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    ls = sub.add_parser("list", help="list registered methods, metrics, datasets, models or suites",
+                        epilog=EXAMPLES["list"], formatter_class=_fmt("list"))
+    ls.add_argument("what", choices=["methods", "metrics", "datasets", "models", "suites"])
+    ls.add_argument("pattern", nargs="?", default="*", help="shell wildcard, e.g. 'grad*'")
+    ls.add_argument("--plugin", action="append", default=[], metavar="FILE")
+
+    lb = sub.add_parser("leaderboard", help="generate the leaderboard from a results directory",
+                        epilog=EXAMPLES["leaderboard"], formatter_class=_fmt("leaderboard"))
+    lb.add_argument("results_dir")
+    lb.add_argument("-o", "--output", help="output file (default: stdout)")
+    lb.add_argument("--format", choices=["md", "csv", "latex"], default="md")
+
+    cp = sub.add_parser("compare", help="add a method and rank it against a suite's stored results",
+                        epilog=EXAMPLES["compare"], formatter_class=_fmt("compare"))
+    cp.add_argument("--plugin", action="append", required=True, metavar="FILE")
+    cp.add_argument("--suite", default="default")
+    cp.add_argument("--methods", help="which plugin methods to add (default: all it registers)")
+    cp.add_argument("--baseline", help="stored results to reuse (default: results/<suite>)")
+    cp.add_argument("--out", help="results directory (default: runs/compare-<suite>)")
+    cp.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    cp.add_argument("--no-progress", action="store_true")
+
+    cr = sub.add_parser("check-regression", help="fail when mean scores moved beyond a tolerance",
+                        epilog=EXAMPLES["check-regression"], formatter_class=_fmt("check-regression"))
+    cr.add_argument("new_dir")
+    cr.add_argument("--baseline", default="results/default")
+    cr.add_argument("--tolerance", type=float, default=1e-4, help="absolute (default 1e-4) or relative with --relative")
+    cr.add_argument("--relative", action="store_true")
+
+    ac = sub.add_parser("accept", help="make a results directory the new baseline and regenerate its leaderboard")
+    ac.add_argument("new_dir")
+    ac.add_argument("--baseline", default="results/default")
+    ac.add_argument("--leaderboard", default="leaderboard.md")
+
+    mg = sub.add_parser("merge", help="merge shard result directories into one")
+    mg.add_argument("out")
+    mg.add_argument("shards", nargs="+")
+    mg.add_argument("--leaderboard", metavar="FILE")
+
+    tr = sub.add_parser("train", help="train a default-zoo model on the embedded dataset",
+                        epilog=EXAMPLES["train"], formatter_class=_fmt("train"))
+    tr.add_argument("model")
+    tr.add_argument("--epochs", type=int)
+    tr.add_argument("--seed", type=int, default=0)
+    tr.add_argument("--out", help="checkpoint path (default: the shipped checkpoint file)")
+    tr.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
+    return p
+
+
+# -- commands ----------------------------------------------------------------------------------
+
+def _load_plugins(paths: Sequence[str]) -> list[str]:
+    from saliencybench.benchmark.registry import load_plugin
+
+    added = []
+    for path in paths:
+        added += load_plugin(path)
+    return added
+
+
+def _parse_shard(spec: str | None) -> tuple[int, int] | None:
+    if spec is None:
+        env_rank, env_world = os.environ.get("RANK"), os.environ.get("WORLD_SIZE")
+        if env_rank is not None and env_world is not None and int(env_world) > 1:
+            return int(env_rank), int(env_world)
+        return None
+    try:
+        k, n = (int(v) for v in spec.split("/"))
+    except ValueError:
+        raise UsageError(f"--shard must look like K/N (e.g. 0/4), got {spec!r}") from None
+    if not (n >= 1 and 0 <= k < n):
+        raise UsageError(f"--shard {spec}: need 0 <= K < N")
+    return k, n
+
+
+def _suite_config(args):
+    from saliencybench.benchmark.config import find_suite, load_config
+
+    path = find_suite(args.config or args.suite or "default")
+    cfg = load_config(path)
+    for attr, key in (("methods", "methods"), ("metrics", "metrics"), ("models", "models"), ("datasets", "datasets")):
+        val = getattr(args, attr, None)
+        if val:
+            setattr(cfg, key, [v.strip() for v in val.split(",") if v.strip()])
+    for attr in ("n_samples", "batch_size", "seed", "device"):
+        val = getattr(args, attr, None)
+        if val is not None:
+            if isinstance(val, int) and val < (0 if attr == "seed" else 1):
+                raise UsageError(f"--{attr.replace('_', '-')} must be {'>= 0' if attr == 'seed' else '>= 1'}")
+            setattr(cfg, attr, val)
+    return cfg
+
+
+def _finish(out: Path, cfg, leaderboard: Path | None, figures: bool) -> Path:
+    from saliencybench.benchmark.report import make_figures, write_leaderboard
+
+    figs = None
+    if figures:
+        figs = make_figures(out, metric_bases={m: cfg.metric_base(m) for m in cfg.metric_params})
+    lb = leaderboard or out / "leaderboard.md"
+    return write_leaderboard(out, lb, figs)
+
+
+def cmd_run(args) -> int:
+    from saliencybench.benchmark.runner import Runner
+
+    plugins = _load_plugins(args.plugin)
+    cfg = _suite_config(args)
+    shard = _parse_shard(args.shard)
+    out = Path(args.out or f"results/{cfg.name}")
+    default_lb = Path("leaderboard.md") if (cfg.name == "default" and out == Path("results/default")) else out / "leaderboard.md"
+    dist = _init_distributed(shard) if args.shard is None and shard is not None else None
+    runner = Runner(cfg, out, device=_dist_device(args.device or cfg.device, dist), progress=not args.no_progress,
+                    shard=shard)
+    if plugins:
+        print(f"plugins registered: {', '.join(plugins)}", file=sys.stderr)
+    manifest = runner.run()
+    if dist is not None:
+        dist.barrier()
+        if dist.get_rank() != 0:
+            return 0
+        runner.shard = None
+        manifest = runner.run()  # rank 0: every part exists now; merges and writes the manifest
+    if shard is not None and dist is None:
+        print(f"shard {shard[0]}/{shard[1]} done: {manifest['rows']} rows in {out}; "
+              f"combine with `saliencybench merge OUT {out} ...`")
+        return 0
+    lb = _finish(out, cfg, Path(args.leaderboard) if args.leaderboard else default_lb, cfg.figures and not args.no_figures)
+    failures = manifest.get("failures", [])
+    print(f"wrote {out}/scores.csv ({manifest['rows']} rows), {out}/curves.csv, {out}/run.json and {lb} "
+          f"in {manifest['timings']['total_seconds']:.1f} s "
+          f"({manifest['parts']['computed']} parts computed, {manifest['parts']['reused']} reused)")
+    if failures:
+        print(f"{len(failures)} failure(s) recorded in the status column (see run.json):", file=sys.stderr)
+        for f in failures[:10]:
+            print(f"  {f}", file=sys.stderr)
+    return 0
+
+
+def _init_distributed(shard):
+    """torchrun: ranks compute their shards into the same directory; rank 0 merges after a barrier."""
+    import torch.distributed as dist
+
+    if not dist.is_available():
+        return None
+    if not dist.is_initialized():
+        backend = "nccl" if (os.environ.get("SALIENCYBENCH_BACKEND") == "nccl") else "gloo"
+        dist.init_process_group(backend=backend)
+    return dist
+
+
+def _dist_device(device: str, dist) -> str:
+    if dist is not None and device in ("auto", "cuda"):
+        import torch
+
+        if torch.cuda.is_available():
+            local = int(os.environ.get("LOCAL_RANK", "0"))
+            return f"cuda:{local % torch.cuda.device_count()}"
+    return device
+
+
+def cmd_list(args) -> int:
+    from saliencybench.benchmark.config import list_suites, load_config
+    from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS
+
+    _load_plugins(args.plugin)
+    if args.what == "suites":
+        import fnmatch
+
+        for name, path in list_suites().items():
+            if fnmatch.fnmatchcase(name, args.pattern):
+                try:
+                    desc = load_config(path).description
+                except Exception as e:
+                    desc = f"(invalid: {e})"
+                print(f"{name:<28} {desc}")
+        return 0
+    reg = {"methods": METHODS, "metrics": METRICS, "datasets": DATASETS, "models": MODELS}[args.what]
+    names = reg.names(args.pattern)
+    if not names:
+        print(f"no {args.what} match '{args.pattern}'", file=sys.stderr)
+        return 1
+    for n in names:
+        meta = reg.get(n).meta
+        if args.what == "methods":
+            info = f"[{meta.get('family', '')}] {meta.get('paper', '')}".strip()
+            desc = meta.get("description") or meta.get("description_doc", "")
+        elif args.what == "metrics":
+            info = ("↑ higher is better" if meta.get("higher_is_better") else "↓ lower is better")
+            desc = meta.get("description", "")
+        elif args.what == "models":
+            acc = meta.get("accuracy")
+            info = f"dataset={meta.get('dataset', '?')}" + (f" held-out accuracy={acc:.3f}" if isinstance(acc, (int, float)) else "")
+            desc = meta.get("description", "")
+        else:
+            info = meta.get("description", "")
+            desc = ""
+        line = f"{n:<28} {info}"
+        if desc:
+            line += f" — {textwrap.shorten(desc, 90)}"
+        print(line)
+    return 0
+
+
+def cmd_leaderboard(args) -> int:
+    from saliencybench.benchmark.leaderboard import render_csv, render_latex, render_markdown
+
+    rd = Path(args.results_dir)
+    if not (rd / "scores.csv").is_file():
+        raise FileNotFoundError(f"{rd}/scores.csv not found: is '{rd}' a results directory?")
+    out = Path(args.output) if args.output else None
+    if args.format == "md":
+        text = render_markdown(rd, out_path=out)
+    elif args.format == "csv":
+        text = render_csv(rd)
+    else:
+        text = render_latex(rd)
+    if out:
+        from saliencybench.benchmark.store import atomic_write_text
+
+        atomic_write_text(out, text)
+        print(f"wrote {out}")
+    else:
+        sys.stdout.write(text)
+    return 0
+
+
+def cmd_compare(args) -> int:
+    from saliencybench.benchmark.aggregate import ci_overlap
+    from saliencybench.benchmark.config import find_suite, load_config
+    from saliencybench.benchmark.leaderboard import build_tables
+    from saliencybench.benchmark.runner import Runner
+
+    added = [a for a in _load_plugins(args.plugin) if not a.startswith("metric:")]
+    cfg = load_config(find_suite(args.suite))
+    new = [m.strip() for m in args.methods.split(",")] if args.methods else added
+    if not new:
+        raise UsageError("the plugin registered no method (use @register_method in the plugin file)")
+    baseline = Path(args.baseline or f"results/{cfg.name}")
+    if not (baseline / "scores.csv").is_file():
+        raise UsageError(f"no stored results in {baseline}: run `saliencybench run --suite {cfg.name}` first")
+    cfg.methods = list(cfg.methods) + [m for m in new if m not in cfg.methods]
+    out = Path(args.out or f"runs/compare-{cfg.name}")
+    runner = Runner(cfg, out, device=args.device, progress=not args.no_progress, reuse_from=[baseline])
+    manifest = runner.run()
+    lb = _finish(out, cfg, out / "leaderboard.md", figures=cfg.figures)
+    agg, ranks, _ = build_tables(out)
+    recomputed = {m: n for m, n in manifest["attribution_calls"].items() if n and m not in new}
+    print(f"computed attributions: {', '.join(f'{m}={n}' for m, n in manifest['attribution_calls'].items() if n) or 'none'}"
+          f"; reused {manifest['parts']['reused']} result parts from {baseline}")
+    if recomputed:
+        print(f"note: recomputed existing methods (their parameters differ from the baseline): {recomputed}")
+    for m in new:
+        print(f"\n{m}:")
+        for (ds, model, metric), g in agg.groupby(["dataset", "model", "metric"], sort=True):
+            row = g[g["method"] == m]
+            if row.empty:
+                continue
+            r = row.iloc[0]
+            n_methods = g["method"].nunique()
+            mine = (r["ci_low"], r["ci_high"])
+            overl = [o.method for o in g.itertuples() if o.method != m and ci_overlap(mine, (o.ci_low, o.ci_high))]
+            arrow = "↑" if r["higher_is_better"] else "↓"
+            print(f"  {ds}/{model} {metric} {arrow}: {r['mean']:.4f} [{r['ci_low']:.4f}, {r['ci_high']:.4f}] "
+                  f"rank {int(r['rank']) if r['rank'] == r['rank'] else '-'}/{n_methods}; "
+                  f"CI overlaps {len(overl)}: {', '.join(overl[:6])}{' ...' if len(overl) > 6 else ''}")
+    print(f"\nleaderboard: {lb}")
+    return 0
+
+
+def cmd_check_regression(args) -> int:
+    from saliencybench.benchmark.regression import compare_results
+
+    rep = compare_results(Path(args.new_dir), Path(args.baseline), tolerance=args.tolerance, relative=args.relative)
+    print(rep.render())
+    if rep.ok:
+        return 0
+    print(f"\nIf these changes are intended, accept them as the new baseline with:\n"
+          f"  saliencybench accept {args.new_dir} --baseline {args.baseline}")
+    return 1
+
+
+def cmd_accept(args) -> int:
+    from saliencybench.benchmark.report import write_leaderboard
+
+    src, dst = Path(args.new_dir), Path(args.baseline)
+    if not (src / "scores.csv").is_file():
+        raise FileNotFoundError(f"{src}/scores.csv not found")
+    dst.mkdir(parents=True, exist_ok=True)
+    for name in ("scores.csv", "curves.csv", "run.json"):
+        if (src / name).is_file():
+            shutil.copy2(src / name, dst / name)
+    for sub in ("parts", "figures"):
+        if (src / sub).is_dir():
+            shutil.rmtree(dst / sub, ignore_errors=True)
+            shutil.copytree(src / sub, dst / sub)
+    lb = write_leaderboard(dst, Path(args.leaderboard))
+    print(f"accepted {src} as {dst}; regenerated {lb}")
+    return 0
+
+
+def cmd_merge(args) -> int:
+    from saliencybench.benchmark.report import write_leaderboard
+    from saliencybench.benchmark.store import ResultStore, write_json
+
+    out = Path(args.out)
+    store = ResultStore(out)
+    manifests = []
+    for s in args.shards:
+        sp = Path(s)
+        if not (sp / "parts").is_dir():
+            raise FileNotFoundError(f"{sp}/parts not found: not a shard results directory")
+        for part in (sp / "parts").rglob("*"):
+            if part.is_file():
+                dest = out / "parts" / part.relative_to(sp / "parts")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(part, dest)
+        if (sp / "cache").is_dir():
+            shutil.copytree(sp / "cache", out / "cache", dirs_exist_ok=True)
+        if (sp / "run.json").is_file():
+            import json
+
+            manifests.append(json.loads((sp / "run.json").read_text()))
+    scores, _ = store.merge()
+    if manifests:
+        m = dict(manifests[0])
+        m["shard"] = None
+        m["merged_from"] = [str(s) for s in args.shards]
+        m["rows"] = int(len(scores))
+        write_json(out / "run.json", m)
+    lb = write_leaderboard(out, Path(args.leaderboard) if args.leaderboard else out / "leaderboard.md")
+    print(f"merged {len(args.shards)} shard(s) into {out} ({len(scores)} rows); leaderboard {lb}")
+    return 0
+
+
+def cmd_train(args) -> int:
+    from saliencybench.benchmark.registry import MODELS
+
+    MODELS.get(args.model)
+    from saliencybench.models.train import train_model
+
+    kw = {"seed": args.seed}
+    if args.epochs is not None:
+        kw["epochs"] = args.epochs
+    if args.out:
+        kw["out"] = args.out
+    if args.device != "auto":
+        kw["device"] = args.device
+    else:
+        import torch
+
+        kw["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+    res = train_model(args.model, **kw)
+    print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
+    return 0
+
+
+COMMANDS = {
+    "run": cmd_run, "list": cmd_list, "leaderboard": cmd_leaderboard, "compare": cmd_compare,
+    "check-regression": cmd_check_regression, "accept": cmd_accept, "merge": cmd_merge, "train": cmd_train,
+}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    from saliencybench.benchmark.registry import RegistryError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        import saliencybench
+
+        print(saliencybench.__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return 2
+    debug = os.environ.get("SALIENCYBENCH_DEBUG") == "1"
+    try:
+        return COMMANDS[args.command](args)
+    except KeyboardInterrupt:
+        print("\ninterrupted: finished parts are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    except (UsageError, RegistryError) as e:
+        if debug:
+            raise
+        print(f"saliencybench: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        if debug:
+            raise
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        print(f"saliencybench: {type(e).__name__}: {msg} (set SALIENCYBENCH_DEBUG=1 for the traceback)", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

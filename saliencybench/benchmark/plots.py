@@ -1,0 +1,119 @@
+"""Figures generated from results (PNG, linked from the leaderboard).
+
+- mean perturbation / MIA curves per method with 95% bands (normal approximation of the
+  mean's CI), one panel per curve metric;
+- per-method score distributions (box plots) per metric;
+- a qualitative grid: a few images x methods, like Otsuki et al. 2024 Fig. 5.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+import torch  # noqa: E402
+
+from saliencybench.benchmark.store import _safe  # noqa: E402
+
+SAVE_KW = {"dpi": 110, "bbox_inches": "tight", "metadata": {"Software": None}}
+
+
+def _palette(methods: Sequence[str]) -> dict[str, tuple]:
+    colors = sns.color_palette("tab20", n_colors=max(len(methods), 1))
+    return {m: colors[i] for i, m in enumerate(sorted(methods))}
+
+
+def curve_figures(curves: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """One figure per (dataset, model): mean curve per method with a 95% band, per metric."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    if curves.empty:
+        return paths
+    curves = curves[np.isfinite(curves["value"].astype(float))]
+    for (ds, model), g in curves.groupby(["dataset", "model"], sort=True):
+        metrics = sorted(g["metric"].unique())
+        fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+        pal = _palette(g["method"].unique())
+        for ax, met in zip(axes[0], metrics):
+            sub = g[g["metric"] == met]
+            stats = sub.groupby(["method", "step"]).agg(x=("x", "first"), mean=("value", "mean"),
+                                                          sd=("value", "std"), n=("value", "size")).reset_index()
+            for method, s in stats.groupby("method", sort=True):
+                half = 1.96 * s["sd"].fillna(0) / np.sqrt(s["n"].clip(lower=1))
+                ax.plot(s["x"], s["mean"], label=method, color=pal[method], lw=1.4)
+                ax.fill_between(s["x"], s["mean"] - half, s["mean"] + half, color=pal[method], alpha=0.15, lw=0)
+            ax.set_title(met)
+            ax.set_xlabel("iteration" if met == "mia" else "fraction of pixels")
+            ax.set_ylabel("accuracy" if met == "mia" else "score")
+            ax.grid(alpha=0.3)
+        axes[0][-1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+        fig.suptitle(f"{ds} / {model}: mean curves (bands: 95% CI of the mean)", fontsize=10)
+        p = out_dir / f"curves_{_safe(ds)}_{_safe(model)}.png"
+        fig.savefig(p, **SAVE_KW)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def distribution_figures(scores: pd.DataFrame, out_dir: Path) -> list[Path]:
+    """Box plots of per-sample scores, one panel per metric, per (dataset, model)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    ok = scores[(scores["status"] == "ok") & np.isfinite(scores["value"].astype(float))]
+    paths = []
+    for (ds, model), g in ok.groupby(["dataset", "model"], sort=True):
+        metrics = sorted(g["metric"].unique())
+        fig, axes = plt.subplots(1, len(metrics), figsize=(max(3.6, 0.45 * g["method"].nunique()) * len(metrics), 3.8),
+                                 squeeze=False)
+        for ax, met in zip(axes[0], metrics):
+            sub = g[g["metric"] == met]
+            order = sub.groupby("method")["value"].mean().sort_values(ascending=False).index.tolist()
+            sns.boxplot(data=sub, x="method", y="value", order=order, ax=ax, fliersize=1.5, linewidth=0.8,
+                        color="#9ecae1")
+            ax.set_title(met)
+            ax.set_xlabel("")
+            ax.tick_params(axis="x", rotation=70, labelsize=7)
+        fig.suptitle(f"{ds} / {model}: per-sample score distributions", fontsize=10)
+        p = out_dir / f"distributions_{_safe(ds)}_{_safe(model)}.png"
+        fig.savefig(p, **SAVE_KW)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def qualitative_grid(images: torch.Tensor, maps: dict[str, torch.Tensor], out_path: Path,
+                     title: str = "", labels: Sequence[str] | None = None) -> Path:
+    """Images (N,3,H,W in [0,1]) in the first column, one column of heatmaps per method.
+
+    Each map is normalised by its own max |value| and drawn with a diverging colormap
+    (red positive, blue negative), as in Otsuki et al. 2024 Fig. 5.
+    """
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    n = images.shape[0]
+    methods = list(maps)
+    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.3 * (len(methods) + 1), 1.35 * n), squeeze=False)
+    for i in range(n):
+        axes[i][0].imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
+        axes[i][0].set_ylabel(labels[i] if labels else "", fontsize=6)
+        for j, m in enumerate(methods):
+            a = maps[m][i, 0].float()
+            s = float(a.abs().max()) or 1.0
+            axes[i][j + 1].imshow((a / s).numpy(), cmap="bwr", vmin=-1, vmax=1)
+            if i == 0:
+                axes[i][j + 1].set_title(m, fontsize=6, rotation=30)
+        if i == 0:
+            axes[i][0].set_title("image", fontsize=6)
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    if title:
+        fig.suptitle(title, fontsize=8)
+    fig.savefig(out_path, **SAVE_KW)
+    plt.close(fig)
+    return out_path

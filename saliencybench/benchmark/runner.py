@@ -1,0 +1,475 @@
+"""The benchmark runner: datasets x models x methods x metrics -> results directory.
+
+Data flow (DESIGN.md): for each (dataset, model) the samples are loaded once; for each
+method the attributions are computed in batches **once** into the attribution cache; for each
+group of metrics that can share forward passes the metrics are evaluated from the cached maps;
+per-chunk result parts are written atomically, so an interrupted run resumes where it stopped
+and `compare` reuses every part it already has. No metric recomputes an attribution.
+"""
+
+from __future__ import annotations
+
+import platform
+import subprocess
+import sys
+import time
+import traceback
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+import saliencybench
+from saliencybench.attributions.base import compute_attribution, method_params, model_guard, stable_seed
+from saliencybench.benchmark.config import ConfigError, SuiteConfig, split_spec
+from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
+from saliencybench.benchmark.store import (
+    AttributionCache,
+    ResultStore,
+    config_key,
+    write_json,
+)
+from saliencybench.benchmark.types import Batch, EvalContext, MetricOutput, SampleSet
+from saliencybench.metrics.base import Metric
+
+
+@dataclass
+class ResolvedSuite:
+    """Names after wildcard and alias expansion, with their registry entries."""
+
+    cfg: SuiteConfig
+    datasets: list[str]
+    models: list[str]
+    methods: list[str]
+    metrics: list[str]
+
+    def method_entry(self, name: str) -> Entry:
+        return METHODS.get(self.cfg.method_base(name))
+
+    def metric_entry(self, name: str) -> Entry:
+        return METRICS.get(self.cfg.metric_base(name))
+
+
+def _expand(names: Sequence[str], registry, aliases: dict[str, dict[str, Any]]) -> list[str]:
+    out: list[str] = []
+    for item in names:
+        if item in aliases and "base" in aliases[item]:
+            registry.get(str(aliases[item]["base"]))  # validate the base now
+            found = [item]
+        else:
+            found = registry.resolve(item)
+        out.extend(f for f in found if f not in out)
+    return out
+
+
+def resolve_suite(cfg: SuiteConfig) -> ResolvedSuite:
+    """Validate every name of a suite against the registries (raises with suggestions)."""
+    populate()
+    if not cfg.models:
+        raise ConfigError("the suite lists no models")
+    if not cfg.methods:
+        raise ConfigError("the suite lists no methods")
+    if not cfg.metrics:
+        raise ConfigError("the suite lists no metrics")
+    datasets = _expand(cfg.datasets, DATASETS, cfg.dataset_params)
+    models = []
+    for spec in cfg.models:
+        name, _ = split_spec(spec)
+        if any(ch in name for ch in "*?["):
+            models.extend(m for m in MODELS.resolve(name) if m not in models)
+        else:
+            MODELS.get(name)
+            models.append(spec)
+    methods = _expand(cfg.methods, METHODS, cfg.method_params)
+    metrics = _expand(cfg.metrics, METRICS, cfg.metric_params)
+    return ResolvedSuite(cfg, datasets, models, methods, metrics)
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda was requested but CUDA is not available on this machine")
+    return torch.device(device)
+
+
+def build_model(spec: str, cfg: SuiteConfig, device: torch.device) -> tuple[nn.Module, Entry]:
+    name, weights = split_spec(spec)
+    entry = MODELS.get(name)
+    kw = dict(cfg.model_params.get(spec, cfg.model_params.get(name, {})))
+    if weights is not None:
+        kw["weights"] = weights
+    model = entry.obj(**kw)
+    model = model.to(device).eval()
+    return model, entry
+
+
+def build_samples(ds_name: str, cfg: SuiteConfig, model: nn.Module, model_spec: str,
+                  device: torch.device) -> SampleSet:
+    base = cfg.dataset_params.get(ds_name, {}).get("base") if ds_name in cfg.dataset_params else None
+    entry = DATASETS.get(base or ds_name)
+    kw = {k: v for k, v in cfg.dataset_params.get(ds_name, {}).items() if k != "base"}
+    kw.setdefault("n_samples", cfg.n_samples)
+    kw.setdefault("seed", cfg.seed)
+    if entry.meta.get("needs_model"):
+        kw.update(model=model, model_name=model_spec, device=device)
+    samples = entry.obj(**kw)
+    if not isinstance(samples, SampleSet):
+        raise TypeError(f"dataset '{ds_name}' returned {type(samples).__name__}, expected a SampleSet")
+    samples.name = ds_name
+    return samples
+
+
+def git_sha() -> str | None:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent)
+        return out.stdout.strip() or None
+    except Exception:
+        return None
+
+
+def environment_info(device: torch.device) -> dict[str, Any]:
+    import torchvision
+
+    info = {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "saliencybench": saliencybench.__version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "device": str(device),
+        "git_sha": git_sha(),
+    }
+    if device.type == "cuda":
+        info["gpu"] = torch.cuda.get_device_name(device)
+    return info
+
+
+@dataclass
+class RunStats:
+    attribution_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    attribution_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    metric_seconds: dict[str, float] = field(default_factory=lambda: defaultdict(float))
+    forwards: dict[str, int] = field(default_factory=lambda: defaultdict(int))
+    parts_computed: int = 0
+    parts_reused: int = 0
+    failures: list[str] = field(default_factory=list)
+
+
+def _targets(model: nn.Module, batch: Batch, mode: str, max_batch: int) -> Tensor:
+    if mode == "label":
+        return batch.y
+    with torch.no_grad():
+        preds = [model(batch.x[i:i + max_batch]).argmax(1) for i in range(0, len(batch), max_batch)]
+    return torch.cat(preds)
+
+
+def _sanitize(maps: Tensor, x: Tensor) -> tuple[Tensor, list[str]]:
+    """Replace non-finite maps by zeros and say which samples they were (status column)."""
+    if maps.shape[0] != x.shape[0] or maps.shape[-2:] != x.shape[-2:] or maps.ndim != 4:
+        raise ValueError(f"attribution shape {tuple(maps.shape)} does not fit input {tuple(x.shape)}")
+    finite = torch.isfinite(maps).flatten(1).all(1)
+    status = ["ok" if bool(f) else "nonfinite_attribution" for f in finite.tolist()]
+    if not bool(finite.all()):
+        maps = torch.where(torch.isfinite(maps), maps, torch.zeros_like(maps))
+    return maps, status
+
+
+def _rows(cfg: SuiteConfig, ds: str, model: str, method: str, metric: str, ids: Sequence[str],
+          out: MetricOutput, pre_status: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    vals = out.values.detach().double().cpu().numpy().reshape(-1)
+    status = list(out.status) if out.status is not None else ["ok"] * len(vals)
+    status = [p if p != "ok" else s for p, s in zip(pre_status, status)]
+    vals = np.where(np.array([s == "ok" for s in status]), vals, np.nan)
+    status = ["nan_value" if s == "ok" and not np.isfinite(v) else s for s, v in zip(status, vals)]
+    scores = pd.DataFrame({
+        "suite": cfg.name, "dataset": ds, "model": model, "method": method, "metric": metric,
+        "sample_id": list(ids), "value": vals, "status": status,
+    })
+    if out.curve is None:
+        return scores, pd.DataFrame()
+    curve = out.curve.detach().double().cpu().numpy()
+    n, t = curve.shape
+    xs = (out.curve_x.detach().double().cpu().numpy() if out.curve_x is not None
+          else np.linspace(0, 1, t))
+    curves = pd.DataFrame({
+        "suite": cfg.name, "dataset": ds, "model": model, "method": method, "metric": metric,
+        "sample_id": np.repeat(np.array(list(ids), dtype=object), t),
+        "step": np.tile(np.arange(t), n), "x": np.tile(xs, n), "value": curve.reshape(-1),
+    })
+    return scores, curves
+
+
+def _error_rows(cfg, ds, model, method, metric, ids, reason) -> pd.DataFrame:
+    return pd.DataFrame({
+        "suite": cfg.name, "dataset": ds, "model": model, "method": method, "metric": metric,
+        "sample_id": list(ids), "value": np.nan, "status": reason,
+    })
+
+
+def _short(e: BaseException) -> str:
+    msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return f"{type(e).__name__}: {msg}"[:200].replace(",", ";")
+
+
+class Runner:
+    """Runs one suite into one results directory. See :func:`run_suite`."""
+
+    def __init__(self, cfg: SuiteConfig, out_dir: Path, *, device: str | None = None,
+                 progress: bool = True, shard: tuple[int, int] | None = None,
+                 cache_dir: Path | None = None, reuse_from: Sequence[Path] = ()) -> None:
+        self.cfg = cfg
+        self.suite = resolve_suite(cfg)
+        self.out = Path(out_dir)
+        self.device = resolve_device(device or cfg.device)
+        self.progress = progress
+        self.shard = shard
+        self.cache = AttributionCache(Path(cache_dir) if cache_dir else self.out / "cache")
+        self.store = ResultStore(self.out)
+        self.reuse_from = [ResultStore(Path(p)) for p in reuse_from]
+        self.stats = RunStats()
+        self.dataset_info: dict[str, Any] = {}
+        self.model_info: dict[str, Any] = {}
+
+    # -- metric grouping ----------------------------------------------------------------------
+    def _metric_instances(self) -> list[Metric]:
+        out = []
+        for name in self.suite.metrics:
+            entry = self.suite.metric_entry(name)
+            params = dict(entry.meta.get("defaults", {}))
+            params.update(self.cfg.metric_overrides(name))
+            out.append(entry.obj(name=name, **params))
+        return out
+
+    @staticmethod
+    def _groups(metrics: list[Metric], method_meta: dict[str, Any]) -> list[list[Metric]]:
+        groups: dict[Any, list[Metric]] = {}
+        order: list[Any] = []
+        for i, m in enumerate(metrics):
+            if not m.applies_to(method_meta):
+                continue
+            key = m.group_key()
+            key = (type(m), key) if key is not None else ("single", i)
+            if key not in groups:
+                groups[key] = []
+                order.append(key)
+            groups[key].append(m)
+        return [groups[k] for k in order]
+
+    # -- main loop ---------------------------------------------------------------------------
+    def run(self) -> dict[str, Any]:
+        torch.manual_seed(self.cfg.seed)
+        t0 = time.time()
+        metrics = self._metric_instances()
+        for ds_name in self.suite.datasets:
+            for model_spec in self.suite.models:
+                self._run_pair(ds_name, model_spec, metrics)
+        scores, _ = self.store.merge()
+        manifest = self._manifest(metrics, time.time() - t0, scores)
+        write_json(self.out / "run.json", manifest)
+        return manifest
+
+    def _chunks(self, n: int) -> list[tuple[int, list[int]]]:
+        size = max(1, self.cfg.chunk_size)
+        chunks = [(c, list(range(s, min(s + size, n)))) for c, s in enumerate(range(0, n, size))]
+        if self.shard is not None:
+            k, of = self.shard
+            chunks = [(c, idx) for c, idx in chunks if c % of == k]
+        return chunks
+
+    def _run_pair(self, ds_name: str, model_spec: str, metrics: list[Metric]) -> None:
+        model, model_entry = build_model(model_spec, self.cfg, self.device)
+        samples = build_samples(ds_name, self.cfg, model, model_spec, self.device)
+        wrap = getattr(samples, "wrap_model", None)
+        if wrap is not None:
+            model = wrap(model).to(self.device).eval()
+        self.dataset_info[ds_name] = {"n": len(samples), "image_size": list(samples.image_size),
+                                      "num_classes": samples.num_classes, **samples.info}
+        self.model_info[model_spec] = {k: v for k, v in model_entry.meta.items()
+                                       if isinstance(v, (str, int, float, bool, list, tuple, dict))}
+        chunks = self._chunks(len(samples))
+        n_batches = sum((len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size for _, idx in chunks)
+        bar = tqdm(total=len(self.suite.methods) * n_batches, desc=f"{ds_name}/{model_spec}",
+                   disable=not self.progress, unit="batch", leave=True, file=sys.stderr)
+        try:
+            for method in self.suite.methods:
+                bar.set_postfix_str(method)
+                for chunk, idx in chunks:
+                    self._run_chunk(ds_name, model_spec, model, samples, method, chunk, idx, metrics, bar)
+        finally:
+            bar.close()
+
+    def _method_key(self, ds_name: str, model_spec: str, method: str) -> str:
+        entry = self.suite.method_entry(method)
+        overrides = self.cfg.method_overrides(method)
+        return config_key({
+            "method": entry.name, "params": method_params(entry, overrides),
+            "postprocess": overrides.get("postprocess", entry.meta.get("postprocess")),
+            "dataset": ds_name, "dataset_params": self.cfg.dataset_params.get(ds_name, {}),
+            "model": model_spec, "model_params": self.cfg.model_params.get(model_spec, {}),
+            "seed": self.cfg.seed, "target": self.cfg.target,
+        })
+
+    def _run_chunk(self, ds_name: str, model_spec: str, model: nn.Module, samples: SampleSet,
+                   method: str, chunk: int, idx: list[int], metrics: list[Metric], bar) -> None:
+        entry = self.suite.method_entry(method)
+        overrides = self.cfg.method_overrides(method)
+        meta = {**entry.meta, "params": method_params(entry, overrides), "name": method, "base": entry.name}
+        groups = self._groups(metrics, meta)
+        parts = [(g, self.store.part_path(ds_name, model_spec, method, [m.name for m in g], chunk)) for g in groups]
+        todo = []
+        for g, path in parts:
+            if self.store.has_part(path):
+                self.stats.parts_reused += 1
+            elif self._reuse_part(path):
+                self.stats.parts_reused += 1
+            else:
+                todo.append((g, path))
+        n_b = (len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size
+        if not todo:
+            bar.update(n_b)
+            return
+        key = self._method_key(ds_name, model_spec, method)
+        ids = [samples.sample_ids[i] for i in idx]
+        full = samples.get(idx).to(self.device)
+        target = _targets(model, full, self.cfg.target, self.cfg.batch_size)
+        maps = self.cache.get(ds_name, model_spec, method, key, chunk, ids)
+        method_error: str | None = None
+        if maps is None:
+            seeds = [stable_seed(self.cfg.seed, method, sid) for sid in ids]
+            out = []
+            t = time.perf_counter()
+            try:
+                for b0 in range(0, len(idx), self.cfg.batch_size):
+                    sl = slice(b0, b0 + self.cfg.batch_size)
+                    out.append(compute_attribution(entry, model, full.x[sl], target[sl], params=overrides,
+                                                   seeds=seeds[sl]).cpu())
+                    bar.update(1)
+                maps = torch.cat(out)
+                self.cache.put(ds_name, model_spec, method, key, chunk, ids, maps)
+                self.stats.attribution_calls[method] += len(idx)
+            except (KeyboardInterrupt, SystemExit):
+                raise
+            except Exception as e:  # recorded per sample, never a crash of the whole run
+                method_error = f"method_error: {_short(e)}"
+                self.stats.failures.append(f"{ds_name}/{model_spec}/{method}: {_short(e)}")
+                if self.progress:
+                    traceback.print_exc(limit=3, file=sys.stderr)
+                bar.update(n_b - len(out))
+            self.stats.attribution_seconds[method] += time.perf_counter() - t
+        else:
+            bar.update(n_b)
+        for g, path in todo:
+            self._evaluate_group(ds_name, model_spec, model, samples, method, meta, entry, overrides,
+                                 g, path, full, target, ids, maps, method_error)
+
+    def _reuse_part(self, path: Path) -> bool:
+        """Copy a verified part of the same name from a baseline results directory."""
+        rel = path.relative_to(self.store.root)
+        for other in self.reuse_from:
+            src = other.root / rel
+            if other.has_part(src):
+                from saliencybench.benchmark.store import _curves_path, atomic_write_bytes, read_verified
+
+                atomic_write_bytes(_curves_path(path), read_verified(_curves_path(src)))
+                atomic_write_bytes(path, read_verified(src))
+                return True
+        return False
+
+    def _evaluate_group(self, ds_name, model_spec, model, samples, method, meta, entry, overrides,
+                        group: list[Metric], path: Path, full: Batch, target: Tensor, ids: list[str],
+                        maps: Tensor | None, method_error: str | None) -> None:
+        score_parts, curve_parts = [], []
+        if method_error is not None or maps is None:
+            for m in group:
+                score_parts.append(_error_rows(self.cfg, ds_name, model_spec, method, m.name, ids,
+                                               method_error or "method_error"))
+        else:
+            t = time.perf_counter()
+            for b0 in range(0, len(ids), self.cfg.batch_size):
+                sl = slice(b0, b0 + self.cfg.batch_size)
+                batch = Batch(full.x[sl], full.y[sl], ids[sl], None if full.mask is None else full.mask[sl])
+                bmaps, pre = _sanitize(maps[sl].to(self.device), batch.x)
+                seeds = [stable_seed(self.cfg.seed, method, sid) for sid in batch.sample_ids]
+
+                def attribute(x, tgt, reduce=True, _seeds=seeds, **kw):
+                    params = {**overrides, **kw}
+                    return compute_attribution(entry, model, x, tgt, params=params, seeds=_seeds, reduce=reduce)
+
+                ctx = EvalContext(
+                    model=model, batch=batch, target=target[sl], normalization=samples.normalization,
+                    num_classes=samples.num_classes, method=method, method_meta=meta,
+                    attribute=attribute, seed=self.cfg.seed, model_name=model_spec, dataset_name=ds_name,
+                    forward_counter=self.stats.forwards, max_batch=max(self.cfg.batch_size * 8, 64),
+                )
+                try:
+                    with model_guard(model, who=f"metrics {[m.name for m in group]}"):
+                        outs = type(group[0]).evaluate_group(group, ctx, bmaps)
+                    for m in group:
+                        s, c = _rows(self.cfg, ds_name, model_spec, method, m.name, batch.sample_ids, outs[m.name], pre)
+                        score_parts.append(s)
+                        curve_parts.append(c)
+                except (KeyboardInterrupt, SystemExit):
+                    raise
+                except Exception as e:
+                    self.stats.failures.append(f"{ds_name}/{model_spec}/{method}/{group[0].name}: {_short(e)}")
+                    if self.progress:
+                        traceback.print_exc(limit=3, file=sys.stderr)
+                    for m in group:
+                        score_parts.append(_error_rows(self.cfg, ds_name, model_spec, method, m.name,
+                                                       batch.sample_ids, f"metric_error: {_short(e)}"))
+            dt = time.perf_counter() - t
+            for m in group:
+                self.stats.metric_seconds[m.name] += dt / len(group)
+        scores = pd.concat(score_parts, ignore_index=True)
+        curves = pd.concat([c for c in curve_parts if len(c)], ignore_index=True) if any(len(c) for c in curve_parts) else pd.DataFrame()
+        self.store.write_part(path, scores, curves)
+        self.stats.parts_computed += 1
+
+    # -- manifest ----------------------------------------------------------------------------
+    def _manifest(self, metrics: list[Metric], seconds: float, scores: pd.DataFrame) -> dict[str, Any]:
+        status_counts = scores.groupby("status").size().to_dict() if len(scores) else {}
+        return {
+            "suite": self.cfg.name,
+            "config": self.cfg.to_dict(),
+            "seed": self.cfg.seed,
+            "device": str(self.device),
+            "shard": list(self.shard) if self.shard else None,
+            "environment": environment_info(self.device),
+            "datasets": self.dataset_info,
+            "models": self.model_info,
+            "methods": {m: {"base": self.suite.method_entry(m).name,
+                            "params": method_params(self.suite.method_entry(m), self.cfg.method_overrides(m)),
+                            "postprocess": list(self.cfg.method_overrides(m).get(
+                                "postprocess", self.suite.method_entry(m).meta.get("postprocess", ()))),
+                            "paper": self.suite.method_entry(m).meta.get("paper", "")}
+                        for m in self.suite.methods},
+            "metrics": {m.name: {**m.manifest(),
+                                 "higher_is_better": self.suite.metric_entry(m.name).meta["higher_is_better"]}
+                        for m in metrics},
+            "attribution_calls": {m: self.stats.attribution_calls.get(m, 0) for m in self.suite.methods},
+            "timings": {
+                "total_seconds": round(seconds, 3),
+                "attribution_seconds": {k: round(v, 4) for k, v in self.stats.attribution_seconds.items()},
+                "metric_seconds": {k: round(v, 4) for k, v in self.stats.metric_seconds.items()},
+            },
+            "forward_passes": dict(self.stats.forwards),
+            "parts": {"computed": self.stats.parts_computed, "reused": self.stats.parts_reused},
+            "status_counts": status_counts,
+            "failures": self.stats.failures,
+            "rows": int(len(scores)),
+        }
+
+
+def run_suite(cfg: SuiteConfig, out_dir: Path | str, **kw: Any) -> dict[str, Any]:
+    """Run ``cfg`` into ``out_dir`` (resuming whatever is already there); return the manifest."""
+    return Runner(cfg, Path(out_dir), **kw).run()

@@ -1,0 +1,164 @@
+"""Runner, results store, cache and resume behaviour on test-local toy registrations."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from _toy import TOY_TOML, register_all
+from saliencybench.benchmark.config import ConfigError, config_from_dict, load_config
+from saliencybench.benchmark.runner import Runner, run_suite
+from saliencybench.benchmark.store import read_scores
+
+register_all()
+
+
+@pytest.fixture
+def toy_cfg(tmp_path):
+    p = tmp_path / "toy.toml"
+    p.write_text(TOY_TOML)
+    return load_config(p)
+
+
+def test_run_writes_long_format_results_and_manifest(toy_cfg, tmp_path):
+    out = tmp_path / "res"
+    manifest = run_suite(toy_cfg, out, progress=False)
+    scores = read_scores(out)
+    assert list(scores.columns) == ["suite", "dataset", "model", "method", "metric", "sample_id", "value", "status"]
+    # 12 samples x 2 methods x 2 metrics
+    assert len(scores) == 48
+    assert set(scores["status"]) == {"ok"}
+    curves = pd.read_csv(out / "curves.csv")
+    assert len(curves) == 12 * 2 * 3  # toy_curve has 3 points, toy_mean no curve
+    m = json.loads((out / "run.json").read_text())
+    assert m["seed"] == 0 and m["device"] == "cpu"
+    assert m["attribution_calls"] == {"toy_gxi": 12, "toy_noise": 12}
+    assert m["forward_passes"]["toy_curve"] == 12 * 2 * 3
+    assert "torch" in m["environment"] and "timings" in m
+    assert manifest["parts"]["computed"] == 2 * 2 * 2  # methods x metric groups x chunks (12 / 8)
+
+
+def test_metric_value_matches_definition(toy_cfg, tmp_path):
+    """toy_mean is the mean of the channel-summed map: recompute it independently."""
+    from _toy import grad_x_input, toy_dataset, ToyNet
+
+    run_suite(toy_cfg, tmp_path / "r", progress=False)
+    s = read_scores(tmp_path / "r")
+    got = s[(s.method == "toy_gxi") & (s.metric == "toy_mean")].set_index("sample_id")["value"]
+    ds = toy_dataset(n_samples=12)
+    a = grad_x_input(ToyNet().eval(), ds.x, ds.y).sum(1).flatten(1).mean(1)
+    np.testing.assert_allclose(got.loc[ds.sample_ids].to_numpy(), a.detach().numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_same_seed_gives_byte_identical_scores(toy_cfg, tmp_path):
+    run_suite(toy_cfg, tmp_path / "a", progress=False)
+    run_suite(toy_cfg, tmp_path / "b", progress=False)
+    assert (tmp_path / "a" / "scores.csv").read_bytes() == (tmp_path / "b" / "scores.csv").read_bytes()
+    assert (tmp_path / "a" / "curves.csv").read_bytes() == (tmp_path / "b" / "curves.csv").read_bytes()
+
+
+def test_stochastic_method_independent_of_batch_size(toy_cfg, tmp_path):
+    run_suite(toy_cfg, tmp_path / "a", progress=False)
+    toy_cfg.batch_size = 1
+    run_suite(toy_cfg, tmp_path / "b", progress=False)
+    toy_cfg.batch_size = 16
+    toy_cfg.chunk_size = 16
+    run_suite(toy_cfg, tmp_path / "c", progress=False)
+    a, b, c = (read_scores(tmp_path / d) for d in "abc")
+    na = a[a.method == "toy_noise"]["value"].to_numpy()
+    np.testing.assert_array_equal(na, b[b.method == "toy_noise"]["value"].to_numpy())
+    np.testing.assert_array_equal(na, c[c.method == "toy_noise"]["value"].to_numpy())
+
+
+def test_rerun_reuses_everything(toy_cfg, tmp_path):
+    run_suite(toy_cfg, tmp_path / "r", progress=False)
+    m2 = run_suite(toy_cfg, tmp_path / "r", progress=False)
+    assert m2["parts"]["computed"] == 0 and m2["attribution_calls"] == {"toy_gxi": 0, "toy_noise": 0}
+
+
+def test_corrupt_part_is_detected_and_recomputed(toy_cfg, tmp_path):
+    out = tmp_path / "r"
+    run_suite(toy_cfg, out, progress=False)
+    before = (out / "scores.csv").read_bytes()
+    part = sorted((out / "parts").rglob("toy_mean.00000.csv"))[0]
+    part.write_text(part.read_text().replace("ok", "XX", 1))  # checksum no longer matches
+    m2 = run_suite(toy_cfg, out, progress=False)
+    assert m2["parts"]["computed"] == 1
+    assert (out / "scores.csv").read_bytes() == before
+
+
+def test_corrupt_cache_is_recomputed(toy_cfg, tmp_path):
+    out = tmp_path / "r"
+    run_suite(toy_cfg, out, progress=False)
+    before = (out / "scores.csv").read_bytes()
+    for f in (out / "cache").rglob("*.pt"):
+        f.write_bytes(b"garbage")
+    for f in (out / "parts").rglob("*.csv"):
+        f.unlink()
+    m2 = run_suite(toy_cfg, out, progress=False)
+    assert m2["attribution_calls"]["toy_gxi"] == 12
+    assert (out / "scores.csv").read_bytes() == before
+
+
+def test_nonfinite_and_failing_methods_are_recorded_not_fatal(toy_cfg, tmp_path):
+    toy_cfg.methods = ["toy_gxi", "toy_nan", "toy_broken"]
+    m = run_suite(toy_cfg, tmp_path / "r", progress=False)
+    s = read_scores(tmp_path / "r")
+    nan_rows = s[s.method == "toy_nan"]
+    # sample 0 of every batch has a NaN map
+    bad = nan_rows[nan_rows.status == "nonfinite_attribution"]
+    assert len(bad) > 0 and bad["value"].isna().all()
+    assert (nan_rows[nan_rows.status == "ok"]["value"].notna()).all()
+    broken = s[s.method == "toy_broken"]
+    assert broken["status"].str.startswith("method_error: RuntimeError").all()
+    assert any("toy_broken" in f for f in m["failures"])
+    assert (s[s.method == "toy_gxi"]["status"] == "ok").all()
+
+
+def test_shards_merge_to_single_run(toy_cfg, tmp_path):
+    from saliencybench.benchmark.cli import main
+
+    toy_cfg.chunk_size = 4
+    run_suite(toy_cfg, tmp_path / "single", progress=False)
+    for k in range(3):
+        Runner(toy_cfg, tmp_path / f"s{k}", progress=False, shard=(k, 3)).run()
+    assert main(["merge", str(tmp_path / "merged"), *(str(tmp_path / f"s{k}") for k in range(3))]) == 0
+    assert (tmp_path / "merged" / "scores.csv").read_bytes() == (tmp_path / "single" / "scores.csv").read_bytes()
+    assert (tmp_path / "merged" / "curves.csv").read_bytes() == (tmp_path / "single" / "curves.csv").read_bytes()
+
+
+def test_config_errors_name_line_and_key(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text('[suite]\nname = "x"\nn_samples = "many"\n')
+    with pytest.raises(ConfigError, match=r"bad.toml:3: \[suite\] n_samples must be int"):
+        load_config(p)
+    p.write_text('[suite]\nname = "x"\nbatchsize = 3\n')
+    with pytest.raises(ConfigError, match=r":3: unknown key 'batchsize'"):
+        load_config(p)
+    p.write_text('[suite\nname=')
+    with pytest.raises(ConfigError, match="invalid TOML"):
+        load_config(p)
+    with pytest.raises(ConfigError, match="target must be"):
+        config_from_dict({"suite": {"target": "oracle"}})
+
+
+def test_unknown_names_in_suite_raise_with_suggestion(toy_cfg, tmp_path):
+    from saliencybench.benchmark.registry import UnknownNameError
+
+    toy_cfg.methods = ["toy_gxj"]
+    with pytest.raises(UnknownNameError, match="did you mean 'toy_gxi'"):
+        Runner(toy_cfg, tmp_path)
+
+
+def test_method_alias_uses_base_with_other_params(toy_cfg, tmp_path):
+    toy_cfg.methods = ["toy_gxi", "toy_gxi_pos"]
+    toy_cfg.method_params["toy_gxi_pos"] = {"base": "toy_gxi", "postprocess": ["sum", "positive"]}
+    run_suite(toy_cfg, tmp_path / "r", progress=False)
+    s = read_scores(tmp_path / "r")
+    pos = s[(s.method == "toy_gxi_pos") & (s.metric == "toy_mean")]["value"]
+    raw = s[(s.method == "toy_gxi") & (s.metric == "toy_mean")]["value"]
+    assert (pos.to_numpy() >= raw.to_numpy() - 1e-7).all() and (pos.to_numpy() >= 0).all()
