@@ -115,3 +115,12 @@ seed = 0
 device = "cpu"
 figures = false
 """
+
+
+def na_method(model, x, target, **kw):
+    from saliencybench.attributions.base import NotApplicableError
+    raise NotApplicableError("toy_na applies to no model")
+
+
+if "toy_na" not in METHODS:
+    register_method("toy_na", family="baseline", needs=())(na_method)

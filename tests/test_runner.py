@@ -162,3 +162,13 @@ def test_method_alias_uses_base_with_other_params(toy_cfg, tmp_path):
     pos = s[(s.method == "toy_gxi_pos") & (s.metric == "toy_mean")]["value"]
     raw = s[(s.method == "toy_gxi") & (s.metric == "toy_mean")]["value"]
     assert (pos.to_numpy() >= raw.to_numpy() - 1e-7).all() and (pos.to_numpy() >= 0).all()
+
+
+def test_not_applicable_method_leaves_no_rows(toy_cfg, tmp_path):
+    toy_cfg.methods = ["toy_gxi", "toy_na"]
+    m = run_suite(toy_cfg, tmp_path / "r", progress=False)
+    s = read_scores(tmp_path / "r")
+    assert "toy_na" not in set(s.method) and len(s) == 12 * 2
+    assert "toy/toy_net/toy_na" in m["not_applicable"]
+    m2 = run_suite(toy_cfg, tmp_path / "r", progress=False)
+    assert m2["parts"]["computed"] == 0

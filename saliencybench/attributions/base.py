@@ -20,6 +20,14 @@ from saliencybench.attributions.postprocess import apply_postprocess
 from saliencybench.benchmark.registry import METHODS, Entry
 
 
+class NotApplicableError(Exception):
+    """Raised by a method that does not apply to a model (e.g. ``lrp_resnet`` on a VGG).
+
+    The runner writes no rows for that (method, model) pair, so its leaderboard cells stay
+    empty instead of showing an error.
+    """
+
+
 class ModelMutationError(RuntimeError):
     """A method or metric changed the model's weights or buffers in place."""
 

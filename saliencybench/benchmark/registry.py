@@ -156,12 +156,28 @@ def _origin(obj: Any) -> str:
     return f"{mod}.{qual}"
 
 
+IMPORT_ERRORS: dict[str, str] = {}
+
+
 def _import_submodules(package: str) -> None:
-    """Import every module of a subpackage so its decorators run (no manual index to edit)."""
+    """Import every module of a subpackage so its decorators run (no manual index to edit).
+
+    A module that fails to import is reported with a warning and recorded in
+    ``IMPORT_ERRORS`` (a test asserts it stays empty) instead of taking every other
+    registry entry down with it.
+    """
+    import warnings
+
     pkg = importlib.import_module(package)
     for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if not info.name.startswith("_"):
-            importlib.import_module(f"{package}.{info.name}")
+        if info.name.startswith("_"):
+            continue
+        name = f"{package}.{info.name}"
+        try:
+            importlib.import_module(name)
+        except Exception as e:  # noqa: BLE001 - reported, not hidden
+            IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
+            warnings.warn(f"saliencybench: could not import {name}: {type(e).__name__}: {e}", stacklevel=2)
 
 
 def _populate_all() -> None:

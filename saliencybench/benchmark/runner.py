@@ -26,7 +26,7 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import saliencybench
-from saliencybench.attributions.base import compute_attribution, method_params, model_guard, stable_seed
+from saliencybench.attributions.base import NotApplicableError, compute_attribution, method_params, model_guard, stable_seed
 from saliencybench.benchmark.config import ConfigError, SuiteConfig, split_spec
 from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
 from saliencybench.benchmark.store import (
@@ -239,6 +239,7 @@ class Runner:
         self.stats = RunStats()
         self.dataset_info: dict[str, Any] = {}
         self.model_info: dict[str, Any] = {}
+        self.not_applicable: dict[str, str] = {}
 
     # -- metric grouping ----------------------------------------------------------------------
     def _metric_instances(self) -> list[Metric]:
@@ -359,6 +360,12 @@ class Runner:
                 self.stats.attribution_calls[method] += len(idx)
             except (KeyboardInterrupt, SystemExit):
                 raise
+            except NotApplicableError as e:
+                self.not_applicable[f"{ds_name}/{model_spec}/{method}"] = str(e)
+                bar.update(n_b - len(out))
+                for _, path in todo:  # an empty part: done, and no rows
+                    self.store.write_part(path, pd.DataFrame(), pd.DataFrame())
+                return
             except Exception as e:  # recorded per sample, never a crash of the whole run
                 method_error = f"method_error: {_short(e)}"
                 self.stats.failures.append(f"{ds_name}/{model_spec}/{method}: {_short(e)}")
@@ -466,6 +473,7 @@ class Runner:
             "parts": {"computed": self.stats.parts_computed, "reused": self.stats.parts_reused},
             "status_counts": status_counts,
             "failures": self.stats.failures,
+            "not_applicable": self.not_applicable,
             "rows": int(len(scores)),
         }
 
