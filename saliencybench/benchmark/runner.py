@@ -270,6 +270,7 @@ class Runner:
     def run(self) -> dict[str, Any]:
         torch.manual_seed(self.cfg.seed)
         t0 = time.time()
+        self.store.clean_temporaries()
         metrics = self._metric_instances()
         for ds_name in self.suite.datasets:
             for model_spec in self.suite.models:

@@ -152,6 +152,14 @@ class ResultStore:
         self.root = Path(root)
         self.parts = self.root / "parts"
 
+    def clean_temporaries(self) -> int:
+        """Remove temp files a killed writer left behind (they were never renamed into place)."""
+        n = 0
+        for t in self.root.rglob(".*.tmp") if self.root.is_dir() else []:
+            t.unlink(missing_ok=True)
+            n += 1
+        return n
+
     def part_path(self, dataset: str, model: str, method: str, metrics: Iterable[str], chunk: int) -> Path:
         tag = "+".join(sorted(_safe(m) for m in metrics))
         return self.parts / _safe(dataset) / _safe(model) / _safe(method) / f"{tag}.{chunk:05d}.csv"
