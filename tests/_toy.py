@@ -124,3 +124,16 @@ def na_method(model, x, target, **kw):
 
 if "toy_na" not in METHODS:
     register_method("toy_na", family="baseline", needs=())(na_method)
+
+
+def wrong_shape(model, x, target, **kw):
+    return torch.ones(x.shape[0], 1, 5, 5, 5)
+
+
+def wrong_batch(model, x, target, **kw):
+    return torch.ones(x.shape[0] + 1, 1, 16, 16)
+
+
+if "toy_wrong_shape" not in METHODS:
+    register_method("toy_wrong_shape", family="baseline", needs=())(wrong_shape)
+    register_method("toy_wrong_batch", family="baseline", needs=())(wrong_batch)

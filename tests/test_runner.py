@@ -172,3 +172,14 @@ def test_not_applicable_method_leaves_no_rows(toy_cfg, tmp_path):
     assert "toy/toy_net/toy_na" in m["not_applicable"]
     m2 = run_suite(toy_cfg, tmp_path / "r", progress=False)
     assert m2["parts"]["computed"] == 0
+
+
+def test_wrong_shape_outputs_are_recorded_per_sample(toy_cfg, tmp_path):
+    toy_cfg.methods = ["toy_gxi", "toy_wrong_shape", "toy_wrong_batch"]
+    run_suite(toy_cfg, tmp_path / "r", progress=False)
+    s = read_scores(tmp_path / "r")
+    ws = s[s.method == "toy_wrong_shape"]
+    wb = s[s.method == "toy_wrong_batch"]
+    assert ws["status"].str.contains("expected \\(B,C,H,W\\)").all() and ws["value"].isna().all()
+    assert wb["status"].str.startswith("method_error: ValueError").all()
+    assert (s[s.method == "toy_gxi"]["status"] == "ok").all()

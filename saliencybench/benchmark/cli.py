@@ -224,7 +224,7 @@ def cmd_run(args) -> int:
     default_lb = Path("leaderboard.md") if (cfg.name == "default" and out == Path("results/default")) else out / "leaderboard.md"
     dist = _init_distributed(shard) if args.shard is None and shard is not None else None
     runner = Runner(cfg, out, device=_dist_device(args.device or cfg.device, dist), progress=not args.no_progress,
-                    shard=shard)
+                    shard=shard, figures=cfg.figures and not args.no_figures)
     if plugins:
         print(f"plugins registered: {', '.join(plugins)}", file=sys.stderr)
     manifest = runner.run()

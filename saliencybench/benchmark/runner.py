@@ -218,7 +218,7 @@ def _error_rows(cfg, ds, model, method, metric, ids, reason) -> pd.DataFrame:
 
 def _short(e: BaseException) -> str:
     msg = str(e).strip().splitlines()[0] if str(e).strip() else ""
-    return f"{type(e).__name__}: {msg}"[:200].replace(",", ";")
+    return f"{type(e).__name__}: {msg}"[:200]
 
 
 class Runner:
@@ -226,7 +226,8 @@ class Runner:
 
     def __init__(self, cfg: SuiteConfig, out_dir: Path, *, device: str | None = None,
                  progress: bool = True, shard: tuple[int, int] | None = None,
-                 cache_dir: Path | None = None, reuse_from: Sequence[Path] = ()) -> None:
+                 cache_dir: Path | None = None, reuse_from: Sequence[Path] = (),
+                 figures: bool | None = None) -> None:
         self.cfg = cfg
         self.suite = resolve_suite(cfg)
         self.out = Path(out_dir)
@@ -240,6 +241,7 @@ class Runner:
         self.dataset_info: dict[str, Any] = {}
         self.model_info: dict[str, Any] = {}
         self.not_applicable: dict[str, str] = {}
+        self.figures = cfg.figures if figures is None else figures
 
     # -- metric grouping ----------------------------------------------------------------------
     def _metric_instances(self) -> list[Metric]:
@@ -309,6 +311,36 @@ class Runner:
                     self._run_chunk(ds_name, model_spec, model, samples, method, chunk, idx, metrics, bar)
         finally:
             bar.close()
+        if self.figures and self.shard is None:
+            self._qualitative(ds_name, model_spec, samples)
+
+    def _qualitative(self, ds_name: str, model_spec: str, samples: SampleSet, n: int = 4) -> None:
+        """A few images x methods from the cache (Otsuki et al. 2024 Fig. 5 style)."""
+        from saliencybench.benchmark.plots import qualitative_grid
+        from saliencybench.benchmark.store import _safe
+
+        chunks = self._chunks(len(samples))
+        if not chunks or chunks[0][0] != 0:
+            return
+        first_ids = [samples.sample_ids[i] for i in chunks[0][1]]
+        idx = list(range(min(n, len(first_ids))))
+        ids = first_ids[: len(idx)]
+        maps = {}
+        for method in self.suite.methods:
+            key = self._method_key(ds_name, model_spec, method)
+            m = self.cache.get(ds_name, model_spec, method, key, 0, first_ids)
+            if m is not None:
+                maps[method] = m[: len(idx)]
+        if not maps:
+            return
+        batch = samples.get(idx)
+        images = samples.normalization.to_pixel(batch.x)
+        if images.shape[1] != 3:
+            images = images[:, :1].expand(-1, 3, -1, -1)
+        labels = [samples.class_names[int(y)] if samples.class_names and int(y) < len(samples.class_names) else str(int(y))
+                  for y in batch.y]
+        qualitative_grid(images, maps, self.out / "figures" / f"qualitative_{_safe(ds_name)}_{_safe(model_spec)}.png",
+                         title=f"{ds_name} / {model_spec}: {', '.join(ids)}", labels=labels)
 
     def _method_key(self, ds_name: str, model_spec: str, method: str) -> str:
         entry = self.suite.method_entry(method)
