@@ -63,8 +63,10 @@ Exit code 1 when any mean score moved beyond the tolerance, in either direction.
 """,
     "train": """
 examples:
-  saliencybench train sb_resnet
+  saliencybench train sb_resnet                       # default zoo, embedded data, CPU minutes
   saliencybench train sb_vgg --epochs 8 --seed 0
+  saliencybench train nib_vgg_cifar10 --arch nib_vgg16 --root ~/data/cifar --device cuda   # 004 recipe
+  saliencybench train resnet50_cub --root ~/data/CUB_200_2011 --device cuda                # 000 Table A
 """,
 }
 
@@ -102,6 +104,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--batch-size", type=int, help="attribution / metric batch size")
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default: the suite's, usually auto)")
     r.add_argument("--seed", type=int, help="global seed")
+    r.add_argument("--autocast", choices=["off", "bf16", "fp16"], help="mixed precision for metric forwards (CUDA only)")
     r.add_argument("--out", help="results directory (default: results/<suite>)")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="Python file registering extra methods/metrics (repeatable)")
@@ -152,7 +155,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     tr = sub.add_parser("train", help="train a default-zoo model on the embedded dataset",
                         epilog=EXAMPLES["train"], formatter_class=_fmt("train"))
-    tr.add_argument("model")
+    tr.add_argument("model", help="a default-zoo model (sb_resnet, sb_vgg, sb_nibvgg) or a recipe "
+                    "(nib_vgg_cifar10, nib_vgg_cifar100, resnet50_cub)")
+    tr.add_argument("--root", help="data root for recipes on real data")
+    tr.add_argument("--arch", help="architecture for the NIB-VGG recipes (nib_vgg13_6 .. nib_vgg16)")
     tr.add_argument("--epochs", type=int)
     tr.add_argument("--seed", type=int, default=0)
     tr.add_argument("--out", help="checkpoint path (default: the shipped checkpoint file)")
@@ -195,7 +201,7 @@ def _suite_config(args):
         val = getattr(args, attr, None)
         if val:
             setattr(cfg, key, [v.strip() for v in val.split(",") if v.strip()])
-    for attr in ("n_samples", "batch_size", "seed", "device"):
+    for attr in ("n_samples", "batch_size", "seed", "device", "autocast"):
         val = getattr(args, attr, None)
         if val is not None:
             if isinstance(val, int) and val < (0 if attr == "seed" else 1):
@@ -448,11 +454,24 @@ def cmd_merge(args) -> int:
 
 def cmd_train(args) -> int:
     from saliencybench.benchmark.registry import MODELS
-
-    MODELS.get(args.model)
-    from saliencybench.models.train import train_model
+    from saliencybench.models.recipes import RECIPES, run_recipe
 
     kw = {"seed": args.seed}
+    if args.model in RECIPES:
+        for k in ("epochs", "out", "root"):
+            if getattr(args, k) is not None:
+                kw[k] = getattr(args, k)
+        if args.arch:
+            kw["model"] = args.arch
+        kw["device"] = args.device if args.device != "auto" else ("cuda" if _cuda() else "cpu")
+        res = run_recipe(args.model, **kw)
+        print(", ".join(f"{k}={v}" for k, v in res.items() if not isinstance(v, (list, dict))))
+        return 0
+    if args.model not in MODELS:
+        raise UsageError(f"'{args.model}' is neither a default-zoo model nor a recipe "
+                         f"({', '.join(sorted(RECIPES))})")
+    from saliencybench.models.train import train_model
+
     if args.epochs is not None:
         kw["epochs"] = args.epochs
     if args.out:
@@ -466,6 +485,12 @@ def cmd_train(args) -> int:
     res = train_model(args.model, **kw)
     print(", ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in res.items()))
     return 0
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
 
 
 COMMANDS = {

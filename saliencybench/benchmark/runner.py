@@ -412,6 +412,18 @@ class Runner:
             self._evaluate_group(ds_name, model_spec, model, samples, method, meta, entry, overrides,
                                  g, path, full, target, ids, maps, method_error)
 
+    def _autocast(self):
+        """bf16/fp16 autocast of the metrics' model forwards (CUDA only; off by default)."""
+        import contextlib
+
+        mode = str(self.cfg.autocast).lower()
+        if mode in ("off", "false", "none", "") or self.device.type != "cuda":
+            return contextlib.nullcontext()
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "true": torch.bfloat16}.get(mode)
+        if dtype is None:
+            raise ConfigError(f"autocast must be off, bf16 or fp16, got {self.cfg.autocast!r}")
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
     def _reuse_part(self, path: Path) -> bool:
         """Copy a verified part of the same name from a baseline results directory."""
         rel = path.relative_to(self.store.root)
@@ -452,7 +464,7 @@ class Runner:
                     forward_counter=self.stats.forwards, max_batch=max(self.cfg.batch_size * 8, 64),
                 )
                 try:
-                    with model_guard(model, who=f"metrics {[m.name for m in group]}"):
+                    with model_guard(model, who=f"metrics {[m.name for m in group]}"), self._autocast():
                         outs = type(group[0]).evaluate_group(group, ctx, bmaps)
                     for m in group:
                         s, c = _rows(self.cfg, ds_name, model_spec, method, m.name, batch.sample_ids, outs[m.name], pre)
