@@ -1,0 +1,109 @@
+"""Registered LRP methods: the LRP rule family and LRP for ResNet (Otsuki et al. 2024, 001).
+
+All entries share one implementation, :func:`lrp`, and differ only in registry defaults
+(and post-processing), so a suite can re-parametrise any of them. The engine is in
+:mod:`saliencybench.attributions.lrp_engine`, the single-layer rules in
+:mod:`saliencybench.attributions.lrp_rules`.
+
+| registry name | rule | merge | identity skips | HQ | 001 |
+|---|---|---|---|---|---|
+| ``lrp_resnet`` | z+ | ratio (Eq. 5) | yes | Q=8 | Table 2 (iv), Table 3 (ii), Table C "Ours (z+)" |
+| ``lrp_resnet_noquant`` | z+ | ratio | yes | no | Table 3 (i) (w/o HQ) on the (iv) design |
+| ``lrp_resnet_ratio_noidentity`` | z+ | ratio | no | Q=8 | Table 2 (iii) |
+| ``lrp_resnet_symmetric`` | z+ | symmetric (Eq. 4) | yes | Q=8 | Table 2 (ii) |
+| ``lrp_resnet_symmetric_noidentity`` | z+ | symmetric | no | Q=8 | Table 2 (i) |
+| ``lrp_resnet_mixture`` | eps after block 8, z+ before | ratio | yes | Q=8 | Table C "Ours (Mixture)" |
+| ``lrp_epsilon`` | epsilon | signed sum rule | yes | no | Table 1 / C "LRP (eps rule)" |
+| ``lrp_zplus`` / ``lrp_alpha1beta0`` | z+ = alpha1beta0 | signed sum rule | yes | no | |
+| ``lrp_mixture`` | eps after block 8, alpha1beta0 before | signed sum rule | yes | no | Table C "LRP (Mixture)" |
+
+The ``lrp_resnet*`` entries start from the softmax probability of the target (001 §4.1); the
+plain LRP rules start from the target logit as in Bach et al. 2015 and zennit/Captum.
+The "signed" merge of the plain rules is the standard LRP sum rule (zennit's ``Norm`` on the
+``Sum`` its ResNet canonizer inserts). Heat Quantization is the shared ``quantize:8``
+post-processing step (:func:`saliencybench.attributions.postprocess.heat_quantize`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from saliencybench.attributions.lrp_engine import LRPConfig, lrp_relevance
+from saliencybench.benchmark.registry import register_method
+
+PAPER = "Otsuki et al. 2024 (ECCV), LRP with Conservation Property for ResNet"
+
+
+def lrp(model: nn.Module, x: Tensor, target: Tensor, **params: Any) -> Tensor:
+    """LRP relevance at the input (B,C,H,W); params are the fields of ``LRPConfig``."""
+    return lrp_relevance(model, x, target, config=LRPConfig(**params)).relevance
+
+
+def lrp_resnet_with_checkpoints(
+    model: nn.Module, x: Tensor, target: Tensor, **params: Any
+) -> tuple[Tensor, dict[str, Tensor], Tensor]:
+    """Raw attribution (B,1,H,W channel sum, no quantization), relevance sums at the 001 §5.5
+    checkpoints ``{"input", "first_block", "last_block"}`` (each (B,), float64; NaN without
+    residual blocks) and the initial relevance (B,) (``p(y_c)`` for ``init="prob"``)."""
+    res = lrp_relevance(model, x, target, config=LRPConfig(**params))
+    return res.relevance.sum(1, keepdim=True), res.checkpoints, res.initial
+
+
+_RESNET = dict(rule="zplus", split="ratio", include_identity=True, init="prob",
+               stabilizer=0.0, zplus_mode="paper")
+_BASELINE = dict(split="signed", include_identity=True, init="logit", epsilon=1e-6,
+                 stabilizer=1e-6, zplus_mode="alpha1beta0")
+
+_VARIANTS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
+    ("lrp_resnet", {}, ("sum", "quantize:8"),
+     "LRP for ResNet, full method: z+ rule, ratio-based Relevance Splitting (Eq. 5) at every "
+     "merge incl. identity skips, Heat Quantization Q=8. 001 Table 2 (iv) = Table 3 (ii)."),
+    ("lrp_resnet_noquant", {}, ("sum",),
+     "LRP for ResNet without Heat Quantization (raw channel sum), otherwise as lrp_resnet. "
+     "001 Table 3 (i) 'w/o HQ'."),
+    ("lrp_resnet_ratio_noidentity", {"include_identity": False}, ("sum", "quantize:8"),
+     "LRP for ResNet, ratio splitting only at projection skips, R_s = 0 on identity skips, HQ. "
+     "001 Table 2 (iii)."),
+    ("lrp_resnet_symmetric", {"split": "symmetric"}, ("sum", "quantize:8"),
+     "LRP for ResNet, symmetric splitting (Eq. 4) at every merge incl. identity skips, HQ. "
+     "001 Table 2 (ii)."),
+    ("lrp_resnet_symmetric_noidentity", {"split": "symmetric", "include_identity": False},
+     ("sum", "quantize:8"),
+     "LRP for ResNet, symmetric splitting only at projection skips, R_s = 0 on identity "
+     "skips, HQ. 001 Table 2 (i)."),
+    ("lrp_resnet_mixture", {"rule": "mixture", "epsilon": 1e-6}, ("sum", "quantize:8"),
+     "LRP for ResNet (ratio split, HQ) with the rule mixture: epsilon after the 8th block, "
+     "z+ before. 001 supp. Table C 'Ours (Mixture of rules)'."),
+]
+
+for _name, _over, _post, _desc in _VARIANTS:
+    register_method(
+        _name, family="lrp", paper=PAPER, needs=("forward",), defaults={**_RESNET, **_over},
+        postprocess=_post, conservation="lrp", description=_desc, fn=lrp,
+    )
+
+register_method(
+    "lrp_epsilon", family="lrp", paper="Bach et al. 2015; 001 Table 1 'LRP'", needs=("forward",),
+    defaults={**_BASELINE, "rule": "epsilon"}, postprocess=("sum",), conservation="lrp",
+    description="LRP epsilon rule (eps=1e-6, bias in the denominator) on every conv / linear "
+    "layer, standard sum rule at residual merges. 001 Table 1 / Table C 'LRP (eps rule)'.",
+    fn=lrp,
+)
+for _name in ("lrp_zplus", "lrp_alpha1beta0"):
+    register_method(
+        _name, family="lrp", paper="Bach et al. 2015; Montavon et al. 2017", needs=("forward",),
+        defaults={**_BASELINE, "rule": "zplus"}, postprocess=("sum",), conservation="lrp",
+        description="LRP z+ = alpha1beta0 rule (positive contributions, no bias) on every conv / "
+        "linear layer, standard sum rule at residual merges (zennit ZPlus, zero bias).",
+        fn=lrp,
+    )
+register_method(
+    "lrp_mixture", family="lrp", paper="001 supp. Table C 'LRP (Mixture of rules)'",
+    needs=("forward",), defaults={**_BASELINE, "rule": "mixture", "switch_block": 8},
+    postprocess=("sum",), conservation="lrp",
+    description="LRP rule mixture: epsilon after the 8th residual block, alpha1beta0 before "
+    "(models without blocks: epsilon on linear layers). 001 supp. Table C.",
+    fn=lrp,
+)

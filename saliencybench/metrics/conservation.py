@@ -1,0 +1,172 @@
+"""Conservation error of attribution methods that claim a conservation property.
+
+- LRP methods (registry ``conservation="lrp"``), Otsuki et al. 2024 (001) §5.5 / Fig. 7:
+  ``|sum_i R_i^(l) - R_init| / |R_init|`` per sample at three checkpoints: the input, the input
+  of the first residual block and the input of the last residual block. ``R_init`` is the
+  relevance the method starts from: ``p(y_c)`` (softmax probability of the target) for
+  ``init="prob"`` (the lrp_resnet family, 001 §4.1), the target logit for ``init="logit"``.
+- Completeness methods (``conservation="completeness"``: integrated_gradients, deeplift):
+  ``|sum A - (f(x) - f(x'))| / |f(x) - f(x')|`` with ``f`` the target logit and ``x'`` the
+  method's baseline (its ``baseline`` parameter: a number in normalised space, ``"zero"``,
+  ``"black"`` (pixel value 0) or a tensor; default zeros).
+- Methods without a conservation claim get no row (:meth:`ConservationError.applies_to`).
+
+Output: ``values`` = error at the input. ``curve`` (B,3) = errors at
+``curve_x = [0, 1, 2]`` = (input, first_block, last_block) (NaN columns for models without
+residual blocks and for completeness methods, with a status). ``extra`` holds
+``checkpoints`` {name: (B,) error}, ``relevance_sum`` {name: (B,) sum} and ``probability``
+(B,) (= R_init), from which :func:`figure_rows` builds the rows of :func:`conservation_figure`.
+The metric recomputes the raw relevance (no Heat Quantization) itself, under ``model_guard``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from saliencybench.attributions.base import model_guard
+from saliencybench.benchmark.registry import METHODS, register_metric
+from saliencybench.benchmark.types import EvalContext, MetricOutput
+from saliencybench.metrics.base import Metric
+
+CHECKPOINTS = ("input", "first_block", "last_block")
+
+
+def relative_error(total: Tensor, reference: Tensor) -> Tensor:
+    """``|total - reference| / |reference|`` in float64 (inf where the reference is 0)."""
+    total, reference = total.double(), reference.double()
+    return (total - reference).abs() / reference.abs()
+
+
+def _baseline(params: dict[str, Any], x: Tensor, ctx: EvalContext) -> Tensor:
+    b = params.get("baseline", None)
+    if b is None or (isinstance(b, str) and b == "zero"):
+        return torch.zeros_like(x)
+    if isinstance(b, str) and b == "black":
+        return ctx.normalization.pixel_value(0.0, x)
+    if isinstance(b, Tensor):
+        return b.to(x).expand_as(x)
+    if isinstance(b, (int, float)):
+        return torch.full_like(x, float(b))
+    raise ValueError(f"conservation_error: unsupported baseline {b!r}")
+
+
+@register_metric(
+    "conservation_error", higher_is_better=False, per_sample=True,
+    paper="Otsuki et al. 2024 §5.5 (LRP); Sundararajan et al. 2017 (completeness)",
+    description="relative conservation / completeness error of the raw attribution",
+)
+class ConservationError(Metric):
+    """Relative conservation error (001 §5.5) or completeness error; lower is better."""
+
+    needs_method = True
+
+    def applies_to(self, method_meta: dict[str, Any]) -> bool:
+        return method_meta.get("conservation") in ("lrp", "completeness")
+
+    def evaluate(self, ctx: EvalContext, attribution: Tensor) -> MetricOutput:
+        kind = ctx.method_meta.get("conservation")
+        params = dict(ctx.method_meta.get("params", ctx.method_meta.get("defaults", {})) or {})
+        params.pop("postprocess", None)
+        if kind == "lrp":
+            return self._lrp(ctx, params)
+        if kind == "completeness":
+            return self._completeness(ctx, params)
+        raise ValueError(f"conservation_error does not apply to method '{ctx.method}'")
+
+    def _lrp(self, ctx: EvalContext, params: dict[str, Any]) -> MetricOutput:
+        from saliencybench.attributions.lrp import lrp_resnet_with_checkpoints
+
+        x, target = ctx.batch.x, ctx.target
+        with model_guard(ctx.model, who="metric 'conservation_error'"):
+            _, sums, init = lrp_resnet_with_checkpoints(ctx.model, x, target, **params)
+        ctx.count_forwards("conservation_error", x.shape[0])
+        errs = {k: relative_error(sums[k], init) for k in CHECKPOINTS}
+        curve = torch.stack([errs[k] for k in CHECKPOINTS], 1)
+        status = None
+        if torch.isnan(errs["first_block"]).any():
+            status = ["no residual blocks: only the input checkpoint"] * x.shape[0]
+        return MetricOutput(
+            values=errs["input"].float(), curve=curve.float(),
+            curve_x=torch.arange(3, dtype=torch.float32), status=status,
+            extra={"checkpoints": errs, "relevance_sum": sums, "probability": init.double()},
+        )
+
+    def _completeness(self, ctx: EvalContext, params: dict[str, Any]) -> MetricOutput:
+        entry = METHODS.get(ctx.method)
+        x, target = ctx.batch.x, ctx.target
+        base = _baseline(params, x, ctx)
+        rows = torch.arange(x.shape[0], device=x.device)
+        kw = dict(params)
+        if entry.meta.get("stochastic"):
+            kw["seeds"] = list(range(x.shape[0]))
+        with model_guard(ctx.model, who="metric 'conservation_error'"):
+            with torch.enable_grad():
+                attr = entry.obj(ctx.model, x.detach(), target, **kw)
+            with torch.no_grad():
+                f = ctx.model(torch.cat([x, base]))
+        ctx.count_forwards("conservation_error", 2 * x.shape[0])
+        b = x.shape[0]
+        diff = f[:b][rows, target] - f[b:][rows, target]
+        total = attr.detach().flatten(1).sum(1, dtype=torch.float64)
+        err = relative_error(total, diff)
+        nan = torch.full_like(err, float("nan"))
+        return MetricOutput(
+            values=err.float(), curve=torch.stack([err, nan, nan], 1).float(),
+            curve_x=torch.arange(3, dtype=torch.float32),
+            extra={"checkpoints": {"input": err}, "relevance_sum": {"input": total},
+                   "probability": diff.double()},
+        )
+
+
+def figure_rows(method: str, out: MetricOutput) -> "Any":
+    """Long DataFrame (method, checkpoint, relevance_sum, probability) from one MetricOutput."""
+    import pandas as pd
+
+    p = out.extra["probability"].detach().cpu().numpy()
+    frames = []
+    for k, s in out.extra["relevance_sum"].items():
+        s = s.detach().cpu().numpy()
+        frames.append(pd.DataFrame({"method": method, "checkpoint": k, "relevance_sum": s, "probability": p}))
+    df = pd.concat(frames, ignore_index=True)
+    return df[df["relevance_sum"].notna()]
+
+
+def conservation_figure(df: "Any", out_png: str | Path) -> Path:
+    """001 Fig. 7-like scatter: relevance sum (x) against predicted probability (y).
+
+    ``df`` needs the columns ``method``, ``checkpoint`` (input / first_block / last_block),
+    ``relevance_sum`` and ``probability`` (the initial relevance: p(y_c), or f(x)-f(x') for
+    completeness methods). One panel per checkpoint, one colour per method, and the
+    diagonal ``p = sum R`` on which every point of a conservative method lies.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    out_png = Path(out_png)
+    cps = [c for c in CHECKPOINTS if c in set(df["checkpoint"])] or sorted(set(df["checkpoint"]))
+    titles = {"input": "(a) input", "first_block": "(b) first block input",
+              "last_block": "(c) last block input"}
+    fig, axes = plt.subplots(1, len(cps), figsize=(4 * len(cps), 4), squeeze=False)
+    for ax, cp in zip(axes[0], cps):
+        sub = df[df["checkpoint"] == cp]
+        for method, g in sub.groupby("method"):
+            ax.scatter(g["relevance_sum"], g["probability"], s=10, alpha=0.7, label=method)
+        if len(sub):
+            lo = float(min(sub["relevance_sum"].min(), sub["probability"].min()))
+            hi = float(max(sub["relevance_sum"].max(), sub["probability"].max()))
+            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
+        ax.set_title(titles.get(cp, cp))
+        ax.set_xlabel("sum of relevance")
+        ax.set_ylabel("predicted probability")
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    out_png.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_png, dpi=120)
+    plt.close(fig)
+    return out_png

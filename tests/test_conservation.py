@@ -1,0 +1,93 @@
+"""conservation_error metric: LRP checkpoints (001 §5.5), completeness, applicability, figure."""
+
+from __future__ import annotations
+
+import torch
+import torchvision
+from torch import nn
+
+from saliencybench.benchmark.registry import METHODS, METRICS
+from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+from saliencybench.metrics.conservation import ConservationError, conservation_figure, figure_rows
+
+
+def _ctx(model, x, t, method, meta):
+    return EvalContext(model=model, batch=Batch(x, t, [str(i) for i in range(len(t))]), target=t,
+                       normalization=IDENTITY_NORMALIZATION, num_classes=10, method=method,
+                       method_meta=meta)
+
+
+def _resnet18():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(weights=None, num_classes=10).eval()
+
+
+def test_registered_and_applicability():
+    entry = METRICS.get("conservation_error")
+    assert entry.obj is ConservationError and entry.meta["higher_is_better"] is False
+    m = ConservationError()
+    assert m.needs_method
+    assert m.applies_to({"conservation": "lrp"}) and m.applies_to({"conservation": "completeness"})
+    assert not m.applies_to({"conservation": None}) and not m.applies_to({})
+
+
+def test_lrp_resnet_errors_are_tiny_at_all_checkpoints():
+    model = _resnet18()
+    x, t = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
+    meta = {**METHODS.get("lrp_resnet").meta, "params": dict(METHODS.get("lrp_resnet").meta["defaults"])}
+    out = ConservationError().evaluate(_ctx(model, x, t, "lrp_resnet", meta), torch.zeros(3, 1, 32, 32))
+    assert out.values.shape == (3,) and out.curve.shape == (3, 3)
+    assert torch.equal(out.curve_x, torch.tensor([0.0, 1.0, 2.0]))
+    assert (out.curve < 1e-5).all()
+    p = torch.softmax(model(x), 1)[torch.arange(3), t].detach().double()
+    assert torch.allclose(out.extra["probability"], p, rtol=1e-5)
+    assert set(out.extra["relevance_sum"]) == {"input", "first_block", "last_block"}
+
+
+def test_lrp_epsilon_is_not_conservative_and_metric_shows_it():
+    model = _resnet18()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.BatchNorm2d):
+                m.bias.fill_(0.3)  # bias absorbs relevance under the epsilon rule (via fc bias too)
+        model.fc.bias.fill_(1.0)
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    e = METHODS.get("lrp_epsilon")
+    out = ConservationError().evaluate(_ctx(model, x, t, "lrp_epsilon", {**e.meta, "params": e.meta["defaults"]}),
+                                       torch.zeros(2, 1, 32, 32))
+    assert (out.values > 1e-3).all()
+
+
+def test_completeness_error_of_an_exact_linear_attribution():
+    # for a linear model, gradient x (x - baseline) is complete: error ~ 0
+    model = nn.Sequential(nn.Flatten(), nn.Linear(3 * 8 * 8, 10)).eval()
+
+    def gxi(model, x, target, baseline=0.0, **kw):
+        xx = x.clone().requires_grad_(True)
+        out = model(xx)[torch.arange(len(target)), target].sum()
+        (g,) = torch.autograd.grad(out, xx)
+        return g * (x - baseline)
+
+    METHODS.add("_test_complete", gxi, conservation="completeness", defaults={"baseline": 0.0})
+    try:
+        x, t = torch.randn(2, 3, 8, 8), torch.tensor([1, 2])
+        meta = {**METHODS.get("_test_complete").meta, "params": {"baseline": 0.0}}
+        out = ConservationError().evaluate(_ctx(model, x, t, "_test_complete", meta), torch.zeros(2, 1, 8, 8))
+        assert (out.values < 1e-5).all()
+        meta_bad = {**meta, "params": {"baseline": 0.5}}  # wrong reference: not complete
+        bad = ConservationError().evaluate(_ctx(model, x, t, "_test_complete", meta_bad), torch.zeros(2, 1, 8, 8))
+        assert torch.isfinite(bad.values).all()
+    finally:
+        METHODS.remove("_test_complete")
+
+
+def test_figure_from_metric_rows(tmp_path):
+    model = _resnet18()
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    e = METHODS.get("lrp_resnet")
+    out = ConservationError().evaluate(_ctx(model, x, t, "lrp_resnet", {**e.meta, "params": e.meta["defaults"]}),
+                                       torch.zeros(2, 1, 32, 32))
+    df = figure_rows("lrp_resnet", out)
+    assert list(df.columns) == ["method", "checkpoint", "relevance_sum", "probability"] and len(df) == 6
+    png = conservation_figure(df, tmp_path / "fig7.png")
+    assert png.is_file() and png.stat().st_size > 1000

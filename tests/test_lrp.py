@@ -1,0 +1,313 @@
+"""LRP for ResNet (Otsuki et al. 2024) and the LRP rule family: conservation, splitting,
+quantization, linearity, agreement with zennit, registry variants."""
+
+from __future__ import annotations
+
+import functools
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from saliencybench.attributions.base import compute_attribution
+from saliencybench.attributions.lrp import lrp, lrp_resnet_with_checkpoints
+from saliencybench.attributions.lrp_engine import LRPUnsupportedModel, lrp_relevance, trace_model
+from saliencybench.attributions.lrp_rules import LayerRule, linear_relevance, split_relevance
+from saliencybench.attributions.postprocess import heat_quantize
+from saliencybench.benchmark.registry import METHODS, MODELS
+
+BLOCK_TYPES = (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck)
+
+
+def randomize_bn(model: nn.Module, seed: int = 0) -> nn.Module:
+    """Random BN statistics and affine parameters, so BN is far from the identity."""
+    g = torch.Generator().manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            c = m.num_features
+            m.running_mean.copy_(torch.rand(c, generator=g) - 0.5)
+            m.running_var.copy_(0.5 + 1.5 * torch.rand(c, generator=g))
+            m.weight.data.copy_(0.5 + torch.rand(c, generator=g))
+            m.bias.data.copy_(torch.rand(c, generator=g) - 0.5)
+    return model
+
+
+@functools.lru_cache(maxsize=None)
+def _resnet(name: str, dtype: torch.dtype) -> nn.Module:
+    """Random-init torchvision ResNet with randomised BN (cached: tests never mutate it)."""
+    torch.manual_seed(0)
+    m = getattr(torchvision.models, name)(weights=None, num_classes=10)
+    return randomize_bn(m).eval().to(dtype)
+
+
+def _expected_sum(key: str, sums: dict, blocks: list[str], p: torch.Tensor) -> torch.Tensor:
+    """What the relevance sum at ``key`` must equal: p outside blocks, the split share inside."""
+    for b in blocks:
+        if key.startswith(b + ".downsample") or key in (f"{b}.split.skip", f"{b}.skip.in"):
+            return sums[f"{b}.split.skip"]
+        if key.startswith(b + ".") and key not in (f"{b}.out", f"{b}.in"):
+            return sums[f"{b}.split.main"]
+    return p
+
+
+def _worst_layer_error(model: nn.Module, x: torch.Tensor, t: torch.Tensor, **kw) -> float:
+    res = lrp_relevance(model, x, t, record_sums=True, **kw)
+    p = res.initial.double()
+    blocks = [n.name for n in trace_model(model) if n.kind == "block"]
+    assert blocks, "test model has no residual blocks"
+    # every block contributes out / split / branch-input sums
+    assert all(f"{b}.split.skip" in res.layer_sums and f"{b}.main.in" in res.layer_sums for b in blocks)
+    worst = 0.0
+    for key, s in res.layer_sums.items():
+        ref = _expected_sum(key, res.layer_sums, blocks, p)
+        worst = max(worst, float(((s - ref).abs() / p.abs()).max()))
+    # the 001 §5.5 checkpoints agree with p too
+    for k in ("input", "first_block", "last_block"):
+        worst = max(worst, float(((res.checkpoints[k] - p).abs() / p.abs()).max()))
+    return worst
+
+
+# ---------------------------------------------------------------------------- conservation
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("variant", [
+    dict(split="ratio", include_identity=True),
+    dict(split="symmetric", include_identity=True),
+    dict(split="ratio", include_identity=False),
+    dict(split="symmetric", include_identity=False),
+])
+def test_lrp_resnet18_conserves_at_every_layer_and_branch(dtype, variant):
+    model = _resnet("resnet18", dtype)
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(2, 3, 32, 32, generator=g).to(dtype)
+    t = torch.tensor([3, 7])
+    # float32 reaches ~1e-7 here (measured), float64 ~1e-15
+    assert _worst_layer_error(model, x, t, **variant) < 1e-5
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_lrp_resnet50_conserves_at_every_layer_and_branch(dtype):
+    model = _resnet("resnet50", dtype)
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(2, 3, 32, 32, generator=g).to(dtype)
+    t = torch.tensor([1, 5])
+    assert _worst_layer_error(model, x, t, split="ratio", include_identity=True) < 1e-5
+
+
+def test_lrp_resnet_on_zoo_resnet_conserves():
+    if "sb_resnet" not in MODELS:
+        pytest.skip("zoo model sb_resnet not registered yet")
+    model = randomize_bn(MODELS.get("sb_resnet").obj(pretrained=False)).eval().double()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    assert _worst_layer_error(model, x, torch.tensor([0, 1])) < 1e-5
+
+
+def test_checkpoints_match_probability_and_raw_map():
+    model = _resnet("resnet18", torch.float64)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([0, 1, 2])
+    amap, sums, p = lrp_resnet_with_checkpoints(model, x, t)
+    probs = torch.softmax(model(x), 1)[torch.arange(3), t]
+    assert torch.allclose(p, probs.detach(), rtol=1e-12)
+    assert amap.shape == (3, 1, 32, 32)
+    assert torch.allclose(amap.sum((1, 2, 3)), p, rtol=1e-10)
+    for k in ("input", "first_block", "last_block"):
+        assert torch.allclose(sums[k], p.double(), rtol=1e-10)
+
+
+def test_zero_denominator_fallback_keeps_conservation_without_nan():
+    # relevance on an output whose z+ is 0 (all inputs of the receptive field are 0):
+    # 001 leaves it undefined; our flat fallback keeps it and produces no NaN.
+    conv = nn.Conv2d(2, 3, 3, padding=1).double()
+    h = torch.rand(1, 2, 6, 6, dtype=torch.float64)
+    h[..., :3, :3] = 0.0
+    r_out = torch.rand(1, 3, 6, 6, dtype=torch.float64)
+    r_in = linear_relevance(conv, h, r_out, LayerRule("zplus"))
+    assert torch.isfinite(r_in).all()
+    assert torch.allclose(r_in.sum(), r_out.sum(), rtol=1e-12)
+
+
+# ---------------------------------------------------------------------------- splitting
+def test_ratio_split_sums_to_input_and_fraction_in_unit_interval():
+    g = torch.Generator().manual_seed(0)
+    r = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64)
+    hs = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64)
+    hm = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64)
+    hs[0, 0] = 0.0
+    hm[0, 0] = 0.0  # both branches zero: stabiliser halves, never NaN
+    rs, rm = split_relevance(r, hs, hm, "ratio")
+    assert torch.isfinite(rs).all() and torch.isfinite(rm).all()
+    assert torch.allclose(rs + rm, r, rtol=0, atol=1e-15)
+    frac = rs / r
+    assert (frac >= 0).all() and (frac <= 1).all()
+    # Eq. 5 itself
+    expect = r * hs.abs() / (hs.abs() + hm.abs())
+    ok = (hs.abs() + hm.abs()) > 0
+    assert torch.allclose(rs[ok], expect[ok], rtol=1e-12)
+    assert torch.allclose(rs[0, 0], r[0, 0] / 2)
+
+
+def test_symmetric_split_halves():
+    r = torch.randn(2, 3, 4, 4)
+    rs, rm = split_relevance(r, torch.randn_like(r), torch.randn_like(r), "symmetric")
+    assert torch.equal(rs, r * 0.5) and torch.allclose(rs + rm, r)
+
+
+def test_identity_vs_projection_paths():
+    model = _resnet("resnet18", torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([0, 1])
+    nodes = trace_model(model)
+    blocks = [n for n in nodes if n.kind == "block"]
+    identity = [b.name for b in blocks if b.skip is None]
+    projection = [b.name for b in blocks if b.skip is not None]
+    assert identity == ["layer1.0", "layer1.1", "layer2.1", "layer3.1", "layer4.1"]
+    assert projection == ["layer2.0", "layer3.0", "layer4.0"]
+    off = lrp_relevance(model, x, t, include_identity=False, record_sums=True).layer_sums
+    on = lrp_relevance(model, x, t, include_identity=True, record_sums=True).layer_sums
+    for b in identity:  # "Include identical" off: nothing through identity skips
+        assert torch.all(off[f"{b}.skip.in"] == 0)
+        assert torch.allclose(off[f"{b}.main.in"], off[f"{b}.out"], rtol=1e-12)
+        assert torch.all(on[f"{b}.skip.in"].abs() > 0)
+    for b in projection:  # projection skips always propagate with z+
+        for sums in (on, off):
+            assert torch.all(sums[f"{b}.skip.in"].abs() > 0)
+            assert torch.allclose(sums[f"{b}.skip.in"], sums[f"{b}.split.skip"], rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------- quantization
+@pytest.mark.parametrize("q", [2, 4, 8])
+def test_heat_quantization_levels_and_floor_formula(q):
+    g = torch.Generator().manual_seed(q)
+    a = torch.randn(3, 1, 16, 16, generator=g, dtype=torch.float64)
+    out = heat_quantize(a, q)
+    for i in range(3):
+        assert out[i].unique().numel() <= q
+        lo, hi = a[i].min(), a[i].max()
+        expect = torch.floor((a[i] - lo) / ((hi - lo) / (q - 1)))  # authors' code, step (max-min)/(Q-1)
+        assert torch.equal(out[i], expect.clamp(0, q - 1))
+        assert out[i].max() == q - 1 and out[i].min() == 0
+
+
+def test_lrp_resnet_registry_applies_quantization():
+    model = _resnet("resnet18", torch.float32)
+    x = torch.randn(2, 3, 32, 32)
+    t = torch.tensor([0, 1])
+    q = compute_attribution("lrp_resnet", model, x, t)
+    raw = compute_attribution("lrp_resnet_noquant", model, x, t)
+    assert q.shape == raw.shape == (2, 1, 32, 32)
+    assert all(q[i].unique().numel() <= 8 for i in range(2))
+    assert torch.equal(q, heat_quantize(raw, 8))
+
+
+# ---------------------------------------------------------------------------- linearity
+def test_attribution_is_linear_in_initial_relevance():
+    model = _resnet("resnet18", torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([4, 2])
+    r1 = lrp_relevance(model, x, t, initial_relevance=torch.tensor([1.0, 1.0])).relevance
+    r2 = lrp_relevance(model, x, t, initial_relevance=torch.tensor([2.5, -0.3])).relevance
+    # Linear up to rounding. The first conv applies Eq. 2 (W+ x) to the signed normalised
+    # image, where W+ x can come close to 0, so rounding is amplified there (~1e-8 of the
+    # map's scale measured in float64 for a negative factor); hence a scale-relative bound.
+    scale = r1.abs().max()
+    assert (r2[0] - 2.5 * r1[0]).abs().max() < 1e-7 * scale
+    assert (r2[1] + 0.3 * r1[1]).abs().max() < 1e-7 * scale
+    assert torch.allclose(r2.sum((1, 2, 3)), torch.tensor([2.5, -0.3], dtype=torch.float64), rtol=1e-7)
+
+
+def test_batch_equals_single_samples():
+    model = _resnet("resnet18", torch.float64)
+    x = torch.randn(3, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([4, 2, 9])
+    batch = lrp(model, x, t)
+    single = torch.cat([lrp(model, x[i:i + 1], t[i:i + 1]) for i in range(3)])
+    assert torch.allclose(batch, single, rtol=1e-10, atol=1e-16)
+
+
+# ---------------------------------------------------------------------------- zennit
+def _zennit(model, x, t, rule):
+    from zennit.attribution import Gradient
+    from zennit.composites import LayerMapComposite, layer_map_base
+    from zennit.rules import Epsilon, ZPlus
+    from zennit.types import Convolution
+
+    hook = Epsilon() if rule == "epsilon" else ZPlus(zero_params=["bias"])
+    comp = LayerMapComposite(layer_map_base() + [(Convolution, hook), (nn.Linear, hook)])
+    onehot = torch.eye(10, dtype=x.dtype)[t]
+    with Gradient(model=model, composite=comp) as attributor:
+        _, rel = attributor(x, onehot)
+    return rel.detach()
+
+
+@pytest.mark.parametrize("method,rule", [("lrp_epsilon", "epsilon"), ("lrp_zplus", "zplus")])
+def test_matches_zennit_on_vgg11_float64(method, rule):
+    # VGG11 without BN (zennit would merge BN into the conv with a canonizer, where we pass
+    # relevance through BN; on BN models the two differ by design). Composite: zennit's
+    # layer_map_base (Norm on AvgPool, Pass on ReLU) + Epsilon / ZPlus(zero bias) on conv and
+    # linear. Our epsilon keeps the bias in z, our z+ drops it, as these zennit rules do. Max
+    # pooling: zennit passes the gradient, our z-rule gives the same (R to the arg-max). The
+    # residual difference is float64 rounding (~1e-15 measured).
+    torch.manual_seed(0)
+    model = torchvision.models.vgg11(weights=None, num_classes=10).eval().double()
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([1, 4])
+    entry = METHODS.get(method)
+    ours = entry.obj(model, x, t, **entry.meta["defaults"])  # raw float64 relevance
+    # ours starts from the target logit, zennit from 1: scale
+    logit = model(x)[torch.arange(2), t].detach().view(-1, 1, 1, 1)
+    theirs = _zennit(model, x, t, rule) * logit
+    err = (ours - theirs).abs().max() / theirs.abs().max()
+    assert err < 1e-4
+    assert err < 1e-10  # in fact equal up to rounding
+
+
+# ---------------------------------------------------------------------------- registry / guard
+def test_registered_variants_share_one_implementation():
+    names = ["lrp_resnet", "lrp_resnet_noquant", "lrp_resnet_ratio_noidentity",
+             "lrp_resnet_symmetric", "lrp_resnet_symmetric_noidentity", "lrp_resnet_mixture",
+             "lrp_epsilon", "lrp_zplus", "lrp_alpha1beta0", "lrp_mixture"]
+    entries = [METHODS.get(n) for n in names]
+    assert len({id(e.obj) for e in entries}) == 1
+    assert all(e.meta["conservation"] == "lrp" and e.meta["description"] for e in entries)
+    d = {e.name: e.meta["defaults"] for e in entries}
+    assert d["lrp_resnet"]["split"] == "ratio" and d["lrp_resnet"]["include_identity"]
+    assert d["lrp_resnet_symmetric_noidentity"] == {**d["lrp_resnet"], "split": "symmetric", "include_identity": False}
+    assert METHODS.get("lrp_resnet").meta["postprocess"] == ("sum", "quantize:8")
+
+
+@pytest.mark.parametrize("name", ["lrp_resnet", "lrp_epsilon", "lrp_zplus", "lrp_mixture"])
+def test_runs_on_tiny_cnn_and_leaves_model_unchanged(name, tiny_cnn, tiny_batch):
+    x, y = tiny_batch
+    before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}
+    out = compute_attribution(name, tiny_cnn, x, y)
+    assert out.shape == (4, 1, 32, 32) and torch.isfinite(out).all()
+    assert all(torch.equal(before[k], v) for k, v in tiny_cnn.state_dict().items())
+    assert not any(m._forward_hooks or m._backward_hooks for m in tiny_cnn.modules())
+
+
+def test_mixture_switches_rule_after_block_eight():
+    model = _resnet("resnet50", torch.float64)
+    x = torch.randn(1, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([3])
+    mix = lrp(model, x, t, rule="mixture", switch_block=8)
+    zp = lrp(model, x, t, rule="zplus")
+    all_eps = lrp(model, x, t, rule="mixture", switch_block=0, stabilizer=1e-6)  # pools as epsilon
+    eps = lrp(model, x, t, rule="epsilon")
+    assert not torch.allclose(mix, zp)
+    assert torch.allclose(all_eps, eps, rtol=1e-12, atol=1e-20)
+
+
+def test_unsupported_model_raises_clearly():
+    class Odd(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 4, 3)
+            self.act = nn.Tanh()
+            self.fc = nn.Linear(4, 2)
+
+        def forward(self, x):
+            return self.fc(self.act(self.conv(x)).mean((2, 3)))
+
+    with pytest.raises(LRPUnsupportedModel, match="Tanh"):
+        lrp(Odd().eval(), torch.randn(1, 3, 8, 8), torch.tensor([0]))
