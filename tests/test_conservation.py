@@ -36,9 +36,13 @@ def test_lrp_resnet_errors_are_tiny_at_all_checkpoints():
     x, t = torch.randn(3, 3, 32, 32), torch.tensor([0, 1, 2])
     meta = {**METHODS.get("lrp_resnet").meta, "params": dict(METHODS.get("lrp_resnet").meta["defaults"])}
     out = ConservationError().evaluate(_ctx(model, x, t, "lrp_resnet", meta), torch.zeros(3, 1, 32, 32))
-    assert out.values.shape == (3,) and out.curve.shape == (3, 3)
-    assert torch.equal(out.curve_x, torch.tensor([0.0, 1.0, 2.0]))
-    assert (out.curve < 1e-5).all()
+    assert out.values.shape == (3,) and out.curve.shape == (3, 4)
+    assert torch.equal(out.curve_x, torch.tensor([0.0, 1.0, 2.0, 3.0]))
+    # curve = [initial relevance p, sum at input, first block, last block]: conserved sums
+    rel = (out.curve[:, 1:] - out.curve[:, :1]).abs() / out.curve[:, :1].abs()
+    assert (rel < 1e-5).all()
+    for k in ("input", "first_block", "last_block"):
+        assert (out.extra["checkpoints"][k] < 1e-5).all()
     p = torch.softmax(model(x), 1)[torch.arange(3), t].detach().double()
     assert torch.allclose(out.extra["probability"], p, rtol=1e-5)
     assert set(out.extra["relevance_sum"]) == {"input", "first_block", "last_block"}
@@ -91,3 +95,25 @@ def test_figure_from_metric_rows(tmp_path):
     assert list(df.columns) == ["method", "checkpoint", "relevance_sum", "probability"] and len(df) == 6
     png = conservation_figure(df, tmp_path / "fig7.png")
     assert png.is_file() and png.stat().st_size > 1000
+
+
+def test_report_draws_fig7_from_stored_curves(tmp_path):
+    """The Fig. 7 scatter is rebuilt from curves.csv rows alone."""
+    import pandas as pd
+
+    from saliencybench.metrics.conservation import rows_from_curves
+
+    rows = []
+    for sid, (p, s_in, s_first, s_last) in {"a": (0.5, 0.5, 0.5, 0.5), "b": (0.9, 0.8, 0.9, 0.9)}.items():
+        for step, v in enumerate((p, s_in, s_first, s_last)):
+            rows.append(dict(suite="s", dataset="d", model="m", method="lrp_resnet", metric="conservation_error",
+                             sample_id=sid, step=step, x=float(step), value=v))
+    curves = pd.DataFrame(rows)
+    df = rows_from_curves(curves)
+    assert len(df) == 6 and set(df["checkpoint"]) == {"input", "first_block", "last_block"}
+    b_in = df[(df.sample_id == "b") & (df.checkpoint == "input")].iloc[0]
+    assert b_in.relevance_sum == 0.8 and b_in.probability == 0.9
+    (tmp_path / "figures").mkdir()
+    curves.to_csv(tmp_path / "curves.csv", index=False)
+    paths = ConservationError.report(tmp_path, pd.DataFrame(), None)
+    assert len(paths) == 1 and paths[0].stat().st_size > 1000

@@ -18,7 +18,10 @@ def make_figures(results_dir: Path, *, metric_bases: dict[str, str] | None = Non
     fig_dir = results_dir / "figures"
     scores = read_scores(results_dir)
     curves = read_curves(results_dir)
-    paths = curve_figures(curves, fig_dir) + distribution_figures(scores, fig_dir)
+    bases = metric_bases or {}
+    series = [m for m in curves["metric"].unique()
+              if bases.get(m, m) not in METRICS or getattr(METRICS.get(bases.get(m, m)).obj, "plot_curve", True)]
+    paths = curve_figures(curves[curves["metric"].isin(series)], fig_dir) + distribution_figures(scores, fig_dir)
     seen: set[type] = set()
     cache = AttributionCache(results_dir / "cache")
     for metric in sorted(scores["metric"].unique()):

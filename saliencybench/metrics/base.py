@@ -29,6 +29,7 @@ class Metric:
     """
 
     name: str = ""
+    plot_curve: bool = True  # False when MetricOutput.curve is not a series to draw as a curve
     needs_method: bool = False
     needs_mask: bool = False
 

@@ -11,8 +11,10 @@
   ``"black"`` (pixel value 0) or a tensor; default zeros).
 - Methods without a conservation claim get no row (:meth:`ConservationError.applies_to`).
 
-Output: ``values`` = error at the input. ``curve`` (B,3) = errors at
-``curve_x = [0, 1, 2]`` = (input, first_block, last_block) (NaN columns for models without
+Output: ``values`` = error at the input. ``curve`` (B,4) at ``curve_x = [0, 1, 2, 3]`` holds the
+raw numbers behind the errors, so that the Fig. 7 scatter can be drawn from ``curves.csv``:
+step 0 = the initial relevance (p(y_c), the logit, or f(x)-f(x') for completeness methods),
+steps 1-3 = the relevance sums at (input, first_block, last_block) (NaN for models without
 residual blocks and for completeness methods, with a status). ``extra`` holds
 ``checkpoints`` {name: (B,) error}, ``relevance_sum`` {name: (B,) sum} and ``probability``
 (B,) (= R_init), from which :func:`figure_rows` builds the rows of :func:`conservation_figure`.
@@ -60,6 +62,20 @@ def _baseline(params: dict[str, Any], x: Tensor, ctx: EvalContext) -> Tensor:
     description="relative conservation / completeness error of the raw attribution",
 )
 class ConservationError(Metric):
+    plot_curve = False  # the curve holds sums, not a series: drawn by report(), not as a curve
+
+    @classmethod
+    def report(cls, results_dir: Path, scores: "Any", cache: Any) -> list[Path]:
+        """001 Fig. 7-like scatter per (dataset, model) from the stored sums."""
+        from saliencybench.benchmark.store import _safe, read_curves
+
+        df = rows_from_curves(read_curves(Path(results_dir)))
+        paths = []
+        for (ds, model), g in df.groupby(["dataset", "model"], sort=True):
+            paths.append(conservation_figure(g, Path(results_dir) / "figures" /
+                                             f"conservation_{_safe(ds)}_{_safe(model)}.png"))
+        return paths
+
     """Relative conservation error (001 §5.5) or completeness error; lower is better."""
 
     needs_method = True
@@ -85,13 +101,13 @@ class ConservationError(Metric):
             _, sums, init = lrp_resnet_with_checkpoints(ctx.model, x, target, **params)
         ctx.count_forwards("conservation_error", x.shape[0])
         errs = {k: relative_error(sums[k], init) for k in CHECKPOINTS}
-        curve = torch.stack([errs[k] for k in CHECKPOINTS], 1)
+        curve = torch.stack([init.double()] + [sums[k].double() for k in CHECKPOINTS], 1)
         status = None
         if torch.isnan(errs["first_block"]).any():
             status = ["no residual blocks: only the input checkpoint"] * x.shape[0]
         return MetricOutput(
-            values=errs["input"].float(), curve=curve.float(),
-            curve_x=torch.arange(3, dtype=torch.float32), status=status,
+            values=errs["input"].float(), curve=curve,
+            curve_x=torch.arange(4, dtype=torch.float32), status=status,
             extra={"checkpoints": errs, "relevance_sum": sums, "probability": init.double()},
         )
 
@@ -115,11 +131,30 @@ class ConservationError(Metric):
         err = relative_error(total, diff)
         nan = torch.full_like(err, float("nan"))
         return MetricOutput(
-            values=err.float(), curve=torch.stack([err, nan, nan], 1).float(),
-            curve_x=torch.arange(3, dtype=torch.float32),
+            values=err.float(), curve=torch.stack([diff.double(), total, nan, nan], 1),
+            curve_x=torch.arange(4, dtype=torch.float32),
             extra={"checkpoints": {"input": err}, "relevance_sum": {"input": total},
                    "probability": diff.double()},
         )
+
+
+def rows_from_curves(curves: "Any") -> "Any":
+    """(method, checkpoint, relevance_sum, probability) rows from stored ``curves.csv`` rows."""
+    import pandas as pd
+
+    c = curves[curves["metric"] == "conservation_error"]
+    if c.empty:
+        return pd.DataFrame(columns=["dataset", "model", "method", "checkpoint", "relevance_sum", "probability"])
+    wide = c.pivot_table(index=["dataset", "model", "method", "sample_id"], columns="step", values="value",
+                         aggfunc="first")
+    frames = []
+    for step, cp in enumerate(CHECKPOINTS, start=1):
+        if step not in wide.columns:
+            continue
+        frames.append(pd.DataFrame({"checkpoint": cp, "relevance_sum": wide[step], "probability": wide[0]})
+                      .reset_index())
+    df = pd.concat(frames, ignore_index=True)
+    return df[df["relevance_sum"].notna()]
 
 
 def figure_rows(method: str, out: MetricOutput) -> "Any":
