@@ -1,0 +1,134 @@
+"""Class activation maps on a selectable layer (default: the model's ``cam`` layer, the last
+conv stage). Each returns (B,1,h,w) at the layer; post-processing upsamples bilinearly.
+
+- Grad-CAM (Selvaraju et al. 2017): ``relu(Σ_k mean_ij(∂y/∂A_k) A_k)``.
+- Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19 with the exponential replaced by the logit,
+  as in pytorch-grad-cam): ``α = g² / (2g² + Σ_ij A · g³)``, ``w_k = Σ_ij α relu(g)``.
+- Score-CAM (Wang et al. 2020, pytorch-grad-cam variant): each channel, upsampled
+  (align_corners=True) and min-max normalised, masks the input; the target logits of the
+  masked inputs, softmaxed over channels, weight the channels. All B*K masked inputs are
+  evaluated in batches; channels whose map is constant give the all-zero mask and share one
+  forward per sample.
+- Layer-CAM (Jiang et al. 2021): ``relu(Σ_k relu(g_k) A_k)``.
+- Ablation-CAM (Desai & Ramaswamy 2020): ``w_k = (y - y_k) / y`` where ``y_k`` is the target
+  logit with channel k of the layer set to zero; the layer output is expanded into B*n
+  ablated copies inside one forward pass, so the layers before it run once per chunk.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from saliencybench.attributions.layer import (
+    forward_with_activation,
+    gradient_at,
+    replace_layer_output,
+    resolve_cam_layer,
+    target_scores,
+)
+from saliencybench.benchmark.registry import register_method
+
+
+def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
+    return (weights.view(*weights.shape[:2], 1, 1) * acts).sum(1, keepdim=True).clamp(min=0)
+
+
+def gradcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
+    """Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) at ``layer``, (B,1,h,w)."""
+    grad, act = gradient_at(model, x, target, resolve_cam_layer(model, layer))
+    return _weighted(act, grad.mean((2, 3)))
+
+
+def gradcam_pp(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None,
+               eps: float = 1e-6) -> Tensor:
+    """Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19; pytorch-grad-cam's form), (B,1,h,w)."""
+    grad, act = gradient_at(model, x, target, resolve_cam_layer(model, layer))
+    g2 = grad * grad
+    g3 = g2 * grad
+    alpha = g2 / (2 * g2 + act.sum((2, 3), keepdim=True) * g3 + eps)
+    alpha = torch.where(grad != 0, alpha, torch.zeros_like(alpha))
+    return _weighted(act, (alpha * grad.clamp(min=0)).sum((2, 3)))
+
+
+def layercam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
+    """Layer-CAM (Jiang et al. 2021, Eq. 5-6), (B,1,h,w)."""
+    grad, act = gradient_at(model, x, target, resolve_cam_layer(model, layer))
+    return (grad.clamp(min=0) * act).sum(1, keepdim=True).clamp(min=0)
+
+
+@torch.no_grad()
+def scorecam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None,
+             internal_batch_size: int = 128) -> Tensor:
+    """Score-CAM (Wang et al. 2020) as in pytorch-grad-cam: softmax over channels of the target
+    logits of the channel-masked inputs, (B,1,h,w)."""
+    name = resolve_cam_layer(model, layer)
+    logits, act = forward_with_activation(model, x, name)
+    act = act.detach()
+    b, k = act.shape[:2]
+    amax = act.flatten(2).amax(2)
+    amin = act.flatten(2).amin(2)
+    constant = amax == amin  # normalised map is all zero: the masked input is all zero
+    scores = torch.empty(b, k, dtype=act.dtype, device=x.device)
+    if bool(constant.any()):
+        zero_scores = target_scores(model(torch.zeros_like(x)), target)
+        scores[constant] = zero_scores.view(-1, 1).expand(b, k)[constant]
+    bi, ki = torch.nonzero(~constant, as_tuple=True)
+    chunk = max(1, int(internal_batch_size))
+    for lo in range(0, bi.shape[0], chunk):
+        cb, ck = bi[lo:lo + chunk], ki[lo:lo + chunk]
+        maps = act[cb, ck].unsqueeze(1)
+        up = F.interpolate(maps, size=x.shape[-2:], mode="bilinear", align_corners=True)
+        # min-max of the *upsampled* map (its extremes can lie between the layer's pixels)
+        lo_ = up.flatten(1).amin(1).view(-1, 1, 1, 1)
+        hi_ = up.flatten(1).amax(1).view(-1, 1, 1, 1)
+        up = (up - lo_) / (hi_ - lo_ + 1e-8)
+        scores[cb, ck] = target_scores(model(x[cb] * up), target[cb])
+    return _weighted(act, torch.softmax(scores, dim=1))
+
+
+@torch.no_grad()
+def ablationcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None,
+                internal_batch_size: int = 128) -> Tensor:
+    """Ablation-CAM (Desai & Ramaswamy 2020, Eq. 2-3): channel k set to zero; (B,1,h,w).
+
+    pytorch-grad-cam sets the channel to 0 only when the layer's minimum is 0 (post-ReLU
+    layers) and to ``min - 1e7`` otherwise; the paper, followed here, zeroes it.
+    """
+    name = resolve_cam_layer(model, layer)
+    logits, act = forward_with_activation(model, x, name)
+    act = act.detach()
+    base = target_scores(logits, target).detach()
+    b, k = act.shape[:2]
+    n = max(1, min(k, int(internal_batch_size) // max(1, b)))
+    ablated = torch.empty(b, k, dtype=act.dtype, device=x.device)
+    for lo in range(0, k, n):
+        ch = torch.arange(lo, min(lo + n, k), device=x.device)
+        m = ch.shape[0]
+
+        def expand(out: Tensor, ch: Tensor = ch, m: int = m) -> Tensor:
+            rep = out.unsqueeze(1).repeat(1, m, *([1] * (out.ndim - 1)))
+            rep[:, torch.arange(m, device=out.device), ch] = 0
+            return rep.flatten(0, 1)
+
+        with replace_layer_output(model, name, expand):
+            out = model(x)
+        ablated[:, lo:lo + m] = target_scores(out, target.repeat_interleave(m)).view(b, m)
+    weights = (base.view(-1, 1) - ablated) / base.view(-1, 1)
+    return _weighted(act, weights)
+
+
+_LAYER = {"layer": None}
+register_method("gradcam", family="cam", paper="Selvaraju et al. 2017; Rao et al. 2022; Jeon et al. 2022",
+                defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=gradcam)
+register_method("gradcam_pp", family="cam", paper="Chattopadhyay et al. 2018",
+                defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=gradcam_pp)
+register_method("layercam", family="cam", paper="Jiang et al. 2021; Rao et al. 2022",
+                defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=layercam)
+register_method("scorecam", family="cam", paper="Wang et al. 2020; Rao et al. 2022",
+                needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
+                layer_capable=True, fn=scorecam)
+register_method("ablationcam", family="cam", paper="Desai & Ramaswamy 2020; Rao et al. 2022",
+                needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
+                layer_capable=True, fn=ablationcam)

@@ -1,0 +1,183 @@
+"""Gradient-family attribution methods: saliency, IxG, GxSI, PGxI, Guided Backprop, SmoothGrad.
+
+Every method here accepts ``layer`` (None = the input; a module name or an alias
+input / middle / final / cam) and then returns its map at that layer's activation
+(Rao et al. 2022, "layer attribution"). Outputs are per channel (B,C,h,w); the registry
+entry states the channel reduction.
+
+Nonlinearity overrides (Guided Backprop here, the DeepLIFT rescale rule in
+:mod:`saliencybench.attributions.deeplift`) are applied per *call* through a
+``TorchFunctionMode`` that swaps ``relu`` / ``max_pool2d`` for custom autograd functions during
+one forward pass. Nothing is keyed by module, so ResNets that reuse one ReLU module several
+times per block are handled, and no hook is ever registered on the model.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.overrides import TorchFunctionMode
+
+from saliencybench.attributions.base import per_sample_randn
+from saliencybench.attributions.layer import (
+    forward_with_activation,
+    gradient_at,
+    resolve_attribution_layer,
+    target_scores,
+)
+from saliencybench.benchmark.registry import METHODS, register_method
+
+_RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
+
+
+class NonlinearityOverride(TorchFunctionMode):
+    """Replace ``relu`` (and optionally ``max_pool2d``) calls by other functions, per call.
+
+    ``relu_fn(z) -> Tensor`` receives the pre-activation; in-place variants (``inplace=True``,
+    ``relu_``) are answered out of place, which is what every caller that uses the return
+    value (torchvision included) expects. ``maxpool_fn(z, kernel_size, stride, padding,
+    dilation, ceil_mode)`` likewise for ``F.max_pool2d`` without ``return_indices``.
+    """
+
+    def __init__(self, relu_fn: Callable[[Tensor], Tensor],
+                 maxpool_fn: Callable[..., Tensor] | None = None) -> None:
+        super().__init__()
+        self.relu_fn = relu_fn
+        self.maxpool_fn = maxpool_fn
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):  # noqa: D105
+        kwargs = kwargs or {}
+        if func in _RELU_FUNCS:
+            return self.relu_fn(args[0])
+        if self.maxpool_fn is not None and func is F.max_pool2d:
+            p = _maxpool_params(*args, **kwargs)
+            if not p.pop("return_indices"):
+                return self.maxpool_fn(p.pop("input"), **p)
+        return func(*args, **kwargs)
+
+
+def _maxpool_params(input, kernel_size, stride=None, padding=0, dilation=1, ceil_mode=False,
+                    return_indices=False) -> dict[str, Any]:
+    return dict(input=input, kernel_size=kernel_size, stride=stride if stride else kernel_size,
+                padding=padding, dilation=dilation, ceil_mode=ceil_mode,
+                return_indices=return_indices)
+
+
+class _GuidedReLU(torch.autograd.Function):
+    """ReLU whose backward passes only positive gradients where the forward input was positive
+    (Springenberg et al. 2015, Guided Backpropagation)."""
+
+    @staticmethod
+    def forward(ctx, z: Tensor) -> Tensor:  # type: ignore[override]
+        out = z.clamp(min=0)
+        ctx.save_for_backward(out)
+        return out
+
+    @staticmethod
+    def backward(ctx, g: Tensor) -> Tensor:  # type: ignore[override]
+        (out,) = ctx.saved_tensors
+        return g.clamp(min=0) * (out > 0).to(g.dtype)
+
+
+def _layer_name(model: nn.Module, layer: str | None) -> str | None:
+    return resolve_attribution_layer(model, layer)
+
+
+def gradient(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
+    """Gradient of the target logit w.r.t. the input (or a layer's activation), per channel.
+
+    Registered as ``saliency`` with ``abs_sum`` post-processing: the absolute gradient summed
+    over channels (Simonyan et al. 2014; Rao et al. 2022 supp. H use the absolute value).
+    """
+    grad, _ = gradient_at(model, x, target, _layer_name(model, layer))
+    return grad
+
+
+def input_x_gradient(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
+    """Gradient x input (Shrikumar et al. 2016), at the input or a layer's activation."""
+    grad, act = gradient_at(model, x, target, _layer_name(model, layer))
+    return grad * act
+
+
+def gradient_x_sign_input(model: nn.Module, x: Tensor, target: Tensor, *,
+                          layer: str | None = None) -> Tensor:
+    """GxSI: gradient x sign(input) (Lee & Chang, Eq. 13)."""
+    grad, act = gradient_at(model, x, target, _layer_name(model, layer))
+    return grad * torch.sign(act)
+
+
+def positive_gradient_x_input(model: nn.Module, x: Tensor, target: Tensor, *,
+                              layer: str | None = None) -> Tensor:
+    """PGxI: relu(gradient) x input (Lee & Chang, §4)."""
+    grad, act = gradient_at(model, x, target, _layer_name(model, layer))
+    return grad.clamp(min=0) * act
+
+
+def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
+    """Guided Backpropagation (Springenberg et al. 2015): every ReLU call passes back only
+    positive gradients at positive inputs. Per call, so reused ReLU modules are handled."""
+    name = _layer_name(model, layer)
+    with NonlinearityOverride(_GuidedReLU.apply):
+        logits, act = forward_with_activation(model, x, name)
+    (grad,) = torch.autograd.grad(target_scores(logits, target).sum(), act)
+    return grad
+
+
+def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int],
+               base: str = "saliency", n_samples: int = 15, noise_level: float = 0.15,
+               internal_batch_size: int = 64, layer: str | None = None,
+               **base_kw: Any) -> Tensor:
+    """SmoothGrad (Smilkov et al. 2017; Rao et al. 2022 supp. G): mean of a gradient method's
+    raw maps over ``n_samples`` noisy copies ``x + N(0, sigma^2)`` with
+    ``sigma = noise_level * (max(x) - min(x))`` per sample.
+
+    ``base`` is any registered method name (its raw output, before post-processing, is
+    averaged; its registry defaults apply). Noise is drawn per sample from ``seeds`` so a
+    batch equals single calls. Noisy copies are evaluated in chunks of
+    ``internal_batch_size`` images.
+    """
+    entry = METHODS.get(base)
+    kw = dict(entry.meta.get("defaults", {}))
+    kw.update(base_kw)
+    if layer is not None:
+        kw["layer"] = layer
+    if entry.meta.get("stochastic"):
+        raise ValueError("smoothgrad needs a deterministic base method")
+    b = x.shape[0]
+    span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1, 1)
+    noise = per_sample_randn(seeds, (n_samples, *x.shape[1:]), x.device, x.dtype)
+    noisy = (x.unsqueeze(1) + noise_level * span * noise).reshape(b * n_samples, *x.shape[1:])
+    tgt = target.repeat_interleave(n_samples)
+    chunk = max(1, int(internal_batch_size))
+    outs = [entry.obj(model, noisy[i:i + chunk], tgt[i:i + chunk], **kw).detach()
+            for i in range(0, noisy.shape[0], chunk)]
+    total = torch.cat(outs)
+    return total.view(b, n_samples, *total.shape[1:]).mean(1)
+
+
+_RAO = "Rao, Böhle, Schiele 2022 (CVPR), supp. H"
+_LEE = "Lee & Chang, Attribution Mask (004)"
+
+register_method("saliency", family="gradient", paper=f"Simonyan et al. 2014; {_RAO} (absolute value)",
+                postprocess=("abs_sum",), layer_capable=True, fn=gradient,
+                description="absolute gradient of the target logit, summed over channels")
+register_method("ixg", family="gradient", paper=f"Shrikumar et al. 2016; {_RAO}",
+                postprocess=("sum",), layer_capable=True, fn=input_x_gradient)
+register_method("s_ixg", family="gradient", paper="Rao, Böhle, Schiele 2022 §5.2 (S-IxG)",
+                postprocess=("sum", "gauss:9"), layer_capable=True, fn=input_x_gradient,
+                description="IxG smoothed with a Gaussian of kernel K, std K/4 (override "
+                            "postprocess=['sum','gauss:K'] for another K)")
+register_method("gxsi", family="gradient", paper=f"{_LEE}, Eq. 13",
+                postprocess=("sum",), layer_capable=True, fn=gradient_x_sign_input)
+register_method("pgxi", family="gradient", paper=_LEE,
+                postprocess=("sum",), layer_capable=True, fn=positive_gradient_x_input)
+register_method("guided_backprop", family="gradient", paper=f"Springenberg et al. 2015; {_RAO}",
+                postprocess=("abs_sum",), layer_capable=True, fn=guided_backprop)
+register_method("smoothgrad", family="gradient",
+                paper="Smilkov et al. 2017; Rao, Böhle, Schiele 2022 supp. G (15 samples)",
+                defaults={"base": "saliency", "n_samples": 15, "noise_level": 0.15},
+                postprocess=("abs_sum",), stochastic=True, layer_capable=True, fn=smoothgrad,
+                description="mean raw gradient over noisy copies, then |.| summed over channels")
