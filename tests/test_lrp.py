@@ -268,7 +268,10 @@ def test_registered_variants_share_one_implementation():
              "lrp_resnet_symmetric", "lrp_resnet_symmetric_noidentity", "lrp_resnet_mixture",
              "lrp_epsilon", "lrp_zplus", "lrp_alpha1beta0", "lrp_mixture"]
     entries = [METHODS.get(n) for n in names]
-    assert len({id(e.obj) for e in entries}) == 1
+    # one engine: the six lrp_resnet* entries share the ResNet-checking wrapper of lrp()
+    assert len({id(e.obj) for e in entries[:6]}) == 1 and len({id(e.obj) for e in entries[6:]}) == 1
+    from saliencybench.attributions.lrp import lrp, lrp_for_resnet
+    assert entries[0].obj is lrp_for_resnet and entries[6].obj is lrp
     assert all(e.meta["conservation"] == "lrp" and e.meta["description"] for e in entries)
     d = {e.name: e.meta["defaults"] for e in entries}
     assert d["lrp_resnet"]["split"] == "ratio" and d["lrp_resnet"]["include_identity"]
@@ -276,7 +279,16 @@ def test_registered_variants_share_one_implementation():
     assert METHODS.get("lrp_resnet").meta["postprocess"] == ("sum", "quantize:8")
 
 
-@pytest.mark.parametrize("name", ["lrp_resnet", "lrp_epsilon", "lrp_zplus", "lrp_mixture"])
+def test_lrp_resnet_is_not_applicable_without_residual_blocks(tiny_cnn, tiny_batch):
+    from saliencybench.attributions.base import NotApplicableError
+
+    x, y = tiny_batch
+    with pytest.raises(NotApplicableError, match="residual blocks"):
+        compute_attribution("lrp_resnet", tiny_cnn, x, y)
+    assert not any(m._forward_hooks or m._backward_hooks for m in tiny_cnn.modules())
+
+
+@pytest.mark.parametrize("name", ["lrp_epsilon", "lrp_zplus", "lrp_mixture"])
 def test_runs_on_tiny_cnn_and_leaves_model_unchanged(name, tiny_cnn, tiny_batch):
     x, y = tiny_batch
     before = {k: v.clone() for k, v in tiny_cnn.state_dict().items()}

@@ -31,6 +31,7 @@ from typing import Any
 from torch import Tensor, nn
 
 from saliencybench.attributions.lrp_engine import LRPConfig, lrp_relevance
+from saliencybench.attributions.base import NotApplicableError
 from saliencybench.benchmark.registry import register_method
 
 PAPER = "Otsuki et al. 2024 (ECCV), LRP with Conservation Property for ResNet"
@@ -39,6 +40,19 @@ PAPER = "Otsuki et al. 2024 (ECCV), LRP with Conservation Property for ResNet"
 def lrp(model: nn.Module, x: Tensor, target: Tensor, **params: Any) -> Tensor:
     """LRP relevance at the input (B,C,H,W); params are the fields of ``LRPConfig``."""
     return lrp_relevance(model, x, target, config=LRPConfig(**params)).relevance
+
+
+def has_residual_blocks(model: nn.Module) -> bool:
+    """True when the model has ResNet blocks (torchvision BasicBlock / Bottleneck or look-alikes)."""
+    return any(all(hasattr(m, a) for a in ("conv1", "bn1", "conv2", "bn2")) for m in model.modules())
+
+
+def lrp_for_resnet(model: nn.Module, x: Tensor, target: Tensor, **params: Any) -> Tensor:
+    """LRP for ResNet (001); not applicable to networks without residual blocks, where every
+    splitting variant reduces to the same plain z+ pass (use lrp_zplus there)."""
+    if not has_residual_blocks(model):
+        raise NotApplicableError("LRP for ResNet needs residual blocks; the model has none (use lrp_zplus)")
+    return lrp(model, x, target, **params)
 
 
 def lrp_resnet_with_checkpoints(
@@ -81,7 +95,7 @@ _VARIANTS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
 for _name, _over, _post, _desc in _VARIANTS:
     register_method(
         _name, family="lrp", paper=PAPER, needs=("forward",), defaults={**_RESNET, **_over},
-        postprocess=_post, conservation="lrp", description=_desc, fn=lrp,
+        postprocess=_post, conservation="lrp", description=_desc, fn=lrp_for_resnet,
     )
 
 register_method(
