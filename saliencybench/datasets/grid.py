@@ -1,0 +1,338 @@
+"""Grid datasets for GridPG, DiFull and DiPart (Rao et al. 2022, supp. §H.1 and §I.1).
+
+A grid is an n x n composite of images that the base model classifies correctly with
+softmax confidence at least ``threshold`` (default 0.99), each cell from a distinct class;
+for DiFull and DiPart the bottom-right cell repeats the top-left class (the other cells
+are distinct classes) and only those two corners are scored.
+
+Each *sample* is one (grid, scored cell): ``x`` is the composite (normalised), ``y`` the
+combined target ``cell * K + class`` (K = base classes) read from the wrapped model's
+``(B, n*n*K)`` output (:mod:`saliencybench.models.grid_settings`), ``mask`` the (1,H,W)
+binary mask of the scored cell. The returned :class:`GridSampleSet` carries ``wrap_model``,
+which the runner applies to the base model.
+
+Selection and layout are deterministic given ``seed``. When too few images reach the
+threshold, it is lowered along :data:`THRESHOLD_SCHEDULE` with a warning; the threshold used
+and all counts are recorded in ``info``. Images are not reused across grids while unused
+confident images of the class remain; after that they are reused (counted in ``info``),
+never twice within one grid.
+"""
+
+from __future__ import annotations
+
+import functools
+import inspect
+import math
+import warnings
+from typing import Any, Sequence
+
+import torch
+from torch import Tensor, nn
+
+from saliencybench.benchmark.registry import DATASETS, register_dataset
+from saliencybench.benchmark.types import Batch, SampleSet
+from saliencybench.models.grid_settings import SETTINGS, GridSetting, cell_masks, cells_to_grid
+
+#: Thresholds tried, in order, below the requested one when too few images qualify
+#: (0.0 = correctly classified at any confidence).
+THRESHOLD_SCHEDULE = (0.99, 0.95, 0.9, 0.8, 0.7, 0.5, 0.0)
+
+
+class GridThresholdWarning(UserWarning):
+    """The confidence threshold was lowered because too few images qualified."""
+
+
+def scored_cells(setting: str, n: int) -> list[int]:
+    """Cells evaluated per grid: all for GridPG; top-left and bottom-right for DiFull/DiPart."""
+    return list(range(n * n)) if setting == "gridpg" else [0, n * n - 1]
+
+
+@torch.no_grad()
+def confidence_of_label(model: nn.Module, x: Tensor, y: Tensor, *, batch_size: int = 256,
+                        device: torch.device | str | None = None) -> tuple[Tensor, Tensor]:
+    """(softmax probability of the label, correct?) per image, batched forwards (CPU out)."""
+    if device is None:
+        p = next(model.parameters(), None)
+        device = p.device if p is not None else torch.device("cpu")
+    probs, correct = [], []
+    for i in range(0, x.shape[0], batch_size):
+        xb = x[i:i + batch_size].to(device)
+        yb = y[i:i + batch_size].to(device)
+        logits = model(xb).float()
+        pr = logits.softmax(-1)
+        probs.append(pr.gather(1, yb.view(-1, 1)).squeeze(1).cpu())
+        correct.append((logits.argmax(1) == yb).cpu())
+    return torch.cat(probs), torch.cat(correct)
+
+
+def choose_threshold(prob: Tensor, correct: Tensor, labels: Tensor, threshold: float, *,
+                     needed_images: int, needed_classes: int, repeat_class: bool) -> tuple[float, Tensor]:
+    """Highest threshold (requested, then :data:`THRESHOLD_SCHEDULE` below it) at which
+    enough images qualify; returns (threshold, qualifying mask).
+
+    Enough = at least ``needed_images`` images, from at least ``needed_classes`` classes,
+    and (``repeat_class``, DiFull/DiPart) some class with two images. If none suffices the
+    last candidate (0.0: correct at any confidence) is returned.
+    """
+    candidates = [float(threshold)] + [t for t in THRESHOLD_SCHEDULE if t < threshold]
+    ok = correct.bool()
+    for t in candidates:
+        q = ok & (prob >= t)
+        counts = torch.bincount(labels[q], minlength=int(labels.max()) + 1 if labels.numel() else 1)
+        enough = (int(q.sum()) >= needed_images and int((counts > 0).sum()) >= needed_classes
+                  and (not repeat_class or bool((counts >= 2).any())))
+        if enough:
+            return t, q
+    return candidates[-1], ok & (prob >= candidates[-1])
+
+
+class _ClassPools:
+    """Per-class queues of image indices (seeded order); reuse only once a class is exhausted."""
+
+    def __init__(self, by_class: dict[int, list[int]], g: torch.Generator) -> None:
+        self.pools = {c: [idx[i] for i in torch.randperm(len(idx), generator=g).tolist()]
+                      for c, idx in by_class.items()}
+        self.used = {c: 0 for c in self.pools}
+        self.reused = 0
+
+    def remaining(self, c: int) -> int:
+        return max(0, len(self.pools[c]) - self.used[c])
+
+    def take(self, c: int, exclude: set[int]) -> int:
+        pool = self.pools[c]
+        for _ in range(len(pool)):
+            k = self.used[c]
+            self.used[c] += 1
+            idx = pool[k % len(pool)]
+            if k >= len(pool):
+                self.reused += 1
+            if idx not in exclude:
+                return idx
+        raise ValueError(f"class {c} has too few images for this grid")
+
+
+def layout_grids(labels: Tensor, qualifying: Tensor, n_grids: int, n: int, setting: str,
+                 seed: int) -> tuple[list[list[int]], int]:
+    """Choose source image indices for each grid cell (row-major); deterministic in ``seed``.
+
+    GridPG: n*n distinct classes per grid. DiFull/DiPart: the top-left class is repeated
+    bottom-right (two different images), the other n*n-2 cells are distinct other classes.
+    Classes are drawn with probability favouring those with most unused images, so images
+    are spread evenly. Returns (grids, number of image reuses).
+    """
+    g = torch.Generator().manual_seed(int(seed))
+    idx = torch.nonzero(qualifying).view(-1).tolist()
+    by_class: dict[int, list[int]] = {}
+    for i in idx:
+        by_class.setdefault(int(labels[i]), []).append(i)
+    classes = sorted(by_class)
+    distinct = n * n if setting == "gridpg" else n * n - 1
+    if len(classes) < distinct:
+        raise ValueError(
+            f"{setting} {n}x{n} grids need {distinct} distinct classes with qualifying images; "
+            f"only {len(classes)} available"
+        )
+    pools = _ClassPools(by_class, g)
+    grids: list[list[int]] = []
+    for _ in range(n_grids):
+        weights = torch.tensor([pools.remaining(c) + 1e-3 for c in classes], dtype=torch.float64)
+        if setting != "gridpg":
+            # the repeated class needs two images: pick it first among classes with >= 2
+            two = torch.tensor([len(by_class[c]) >= 2 for c in classes], dtype=torch.float64)
+            if two.sum() == 0:
+                raise ValueError("DiFull/DiPart need a class with two qualifying images")
+            first = classes[int(torch.multinomial(weights * two, 1, generator=g))]
+            weights[classes.index(first)] = 0.0
+            others = torch.multinomial(weights, distinct - 1, replacement=False, generator=g).tolist()
+            cls = [first] + [classes[i] for i in others]
+            cell_classes = cls[:n * n - 1] + [first]
+        else:
+            pick = torch.multinomial(weights, distinct, replacement=False, generator=g).tolist()
+            cell_classes = [classes[i] for i in pick]
+        used: set[int] = set()
+        cells = []
+        for c in cell_classes:
+            i = pools.take(c, used)
+            used.add(i)
+            cells.append(i)
+        grids.append(cells)
+    return grids, pools.reused
+
+
+class GridSampleSet(SampleSet):
+    """Samples (grid, scored cell) built on demand from the stored grids (no n*n copies).
+
+    ``x`` / ``y`` / ``mask`` are materialised only when read as attributes; :meth:`get`
+    builds a batch from the grid tensor directly.
+    """
+
+    def __init__(self, grids: Tensor, grid_index: Tensor, cell_index: Tensor, labels: Tensor, *,
+                 n: int, setting: str, base_classes: int, normalization, sample_ids: Sequence[str],
+                 name: str = "", class_names: Sequence[str] | None = None,
+                 info: dict[str, Any] | None = None, wrap_kwargs: dict[str, Any] | None = None) -> None:
+        self.grids = grids
+        self.grid_index = grid_index.long()
+        self.cell_index = cell_index.long()
+        self.cell_labels = labels.long()
+        self.n = int(n)
+        self.setting = setting
+        self.base_classes = int(base_classes)
+        self._masks = cell_masks(grids.shape[-2:], self.n)
+        self.normalization = normalization
+        self.num_classes = self.n * self.n * self.base_classes
+        self.sample_ids = list(sample_ids)
+        self.name = name
+        self.class_names = list(class_names) if class_names is not None else None
+        self.info = dict(info or {})
+        self.wrap_kwargs = dict(wrap_kwargs or {})
+
+    # the SampleSet attributes, materialised on demand
+    @property
+    def x(self) -> Tensor:  # type: ignore[override]
+        return self.grids[self.grid_index]
+
+    @property
+    def y(self) -> Tensor:  # type: ignore[override]
+        return self.cell_index * self.base_classes + self.cell_labels
+
+    @property
+    def mask(self) -> Tensor:  # type: ignore[override]
+        return self._masks[self.cell_index]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.grids.shape[-2]), int(self.grids.shape[-1])
+
+    def __len__(self) -> int:
+        return int(self.grid_index.shape[0])
+
+    def get(self, indices: Sequence[int]) -> Batch:
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        cells = self.cell_index[idx]
+        return Batch(
+            self.grids[self.grid_index[idx]],
+            cells * self.base_classes + self.cell_labels[idx],
+            [self.sample_ids[i] for i in idx.tolist()],
+            self._masks[cells],
+        )
+
+    def subset(self, indices: Sequence[int]) -> "GridSampleSet":
+        idx = torch.as_tensor(list(indices), dtype=torch.long)
+        return GridSampleSet(
+            self.grids, self.grid_index[idx], self.cell_index[idx], self.cell_labels[idx],
+            n=self.n, setting=self.setting, base_classes=self.base_classes,
+            normalization=self.normalization, sample_ids=[self.sample_ids[i] for i in idx.tolist()],
+            name=self.name, class_names=self.class_names, info=self.info, wrap_kwargs=self.wrap_kwargs,
+        )
+
+    def wrap_model(self, model: nn.Module) -> GridSetting:
+        """The setting's grid model around ``model`` (the runner calls this)."""
+        cell = (self.image_size[0] // self.n, self.image_size[1] // self.n)
+        return GridSetting(model, self.setting, self.n, cell_size=cell, **self.wrap_kwargs)
+
+
+def build_grid_samples(base: SampleSet, model: nn.Module, *, setting: str = "gridpg", n: int = 2,
+                       n_samples: int | None = 64, seed: int = 0, threshold: float = 0.99,
+                       batch_size: int = 256, device: torch.device | str | None = None,
+                       head: str = "global", name: str = "") -> GridSampleSet:
+    """Grid samples for ``setting`` from the images of ``base`` that ``model`` gets right.
+
+    Args:
+        base: single-image dataset (normalised x, labels).
+        model: base classifier (eval); used for the confidence selection only.
+        setting: gridpg / difull / dipart.
+        n: grid side.
+        n_samples: number of (grid, cell) samples (GridPG: n*n per grid; DiFull/DiPart: 2);
+            None = as many grids as the qualifying images allow without reuse.
+        threshold: minimum softmax confidence of the label (lowered with a warning when too
+            few images qualify, see :func:`choose_threshold`).
+        head: GridPG head mode passed to :class:`GridSetting`.
+    """
+    setting = setting.lower()
+    if setting not in SETTINGS:
+        raise ValueError(f"unknown grid setting '{setting}'; use one of {SETTINGS}")
+    per_grid = scored_cells(setting, n)
+    labels = base.y.long()
+    prob, correct = confidence_of_label(model, base.x, labels, batch_size=batch_size, device=device)
+    distinct = n * n if setting == "gridpg" else n * n - 1
+    if n_samples is None:
+        n_grids = None
+        needed = n * n
+    else:
+        n_grids = max(1, math.ceil(int(n_samples) / len(per_grid)))
+        needed = n_grids * n * n
+    used_t, qualifying = choose_threshold(prob, correct, labels, threshold, needed_images=needed,
+                                          needed_classes=distinct, repeat_class=setting != "gridpg")
+    n_qual = int(qualifying.sum())
+    if used_t < threshold:
+        warnings.warn(
+            f"grid dataset ({setting}, {n}x{n}): too few images classified correctly with confidence "
+            f">= {threshold} for {needed} cells; threshold lowered to {used_t} ({n_qual} images qualify)",
+            GridThresholdWarning, stacklevel=2,
+        )
+    if n_grids is None:
+        n_grids = max(1, n_qual // (n * n))
+    grids_src, reused = layout_grids(labels, qualifying, n_grids, n, setting, seed)
+    if reused:
+        warnings.warn(f"grid dataset ({setting}): {reused} cell images reused across grids "
+                      f"({n_qual} qualifying images for {n_grids * n * n} cells)", GridThresholdWarning,
+                      stacklevel=2)
+    src = torch.tensor(grids_src, dtype=torch.long)  # (G, n*n)
+    cells = base.x[src.view(-1)]  # (G*n*n, C, h, w) row-major per grid
+    grids = cells_to_grid(cells, n).contiguous()
+    cell_cls = labels[src]  # (G, n*n)
+    g_idx = torch.arange(n_grids).repeat_interleave(len(per_grid))
+    c_idx = torch.tensor(per_grid * n_grids, dtype=torch.long)
+    if n_samples is not None:
+        g_idx, c_idx = g_idx[: int(n_samples)], c_idx[: int(n_samples)]
+    ids = [f"g{g:05d}c{c}" for g, c in zip(g_idx.tolist(), c_idx.tolist())]
+    info = {
+        "setting": setting, "grid_n": n, "base": base.name, "base_size": len(base),
+        "threshold_requested": float(threshold), "threshold_used": float(used_t),
+        "n_qualifying": n_qual, "n_correct": int(correct.sum()), "n_grids": int(n_grids),
+        "n_cells_reused": int(reused), "scored_cells": per_grid, "seed": seed, "head": head,
+        "grid_sources": [[base.sample_ids[i] for i in row] for row in grids_src],
+    }
+    return GridSampleSet(
+        grids, g_idx, c_idx, cell_cls[g_idx, c_idx], n=n, setting=setting,
+        base_classes=base.num_classes, normalization=base.normalization, sample_ids=ids,
+        name=name or f"{setting}_{base.name}", class_names=base.class_names, info=info,
+        wrap_kwargs={"head": head} if setting == "gridpg" else {},
+    )
+
+
+def _call_base_factory(source: str, *, split: str, seed: int, pool: int | None,
+                       source_kwargs: dict[str, Any] | None) -> SampleSet:
+    fn = DATASETS.get(source).obj
+    kw: dict[str, Any] = {"split": split, "seed": seed, "n_samples": pool, **(source_kwargs or {})}
+    params = inspect.signature(fn).parameters
+    if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        kw = {k: v for k, v in kw.items() if k in params}
+    return fn(**kw)
+
+
+def grid(*, model: nn.Module, model_name: str = "", source: str = "synthetic", setting: str = "gridpg",
+         n: int = 2, split: str = "test", n_samples: int | None = 64, seed: int = 0,
+         threshold: float = 0.99, pool: int | None = None, device: torch.device | str | None = None,
+         batch_size: int = 256, head: str = "global", source_kwargs: dict[str, Any] | None = None,
+         **_ignored: Any) -> GridSampleSet:
+    """Generic grid dataset factory: ``source`` dataset x ``setting`` x ``n``.
+
+    ``pool`` limits how many base images are screened (None = the whole split).
+    """
+    base = _call_base_factory(source, split=split, seed=seed, pool=pool, source_kwargs=source_kwargs)
+    out = build_grid_samples(base, model, setting=setting, n=n, n_samples=n_samples, seed=seed,
+                             threshold=threshold, batch_size=batch_size, device=device, head=head,
+                             name=f"{setting}_{source}")
+    out.info.update({"source": source, "split": split, "model": model_name})
+    return out
+
+
+register_dataset("grid", needs_model=True, setting=None, base=None, n=2,
+                 description="n x n grid composites (GridPG / DiFull / DiPart) of any dataset")(grid)
+
+for _setting in SETTINGS:
+    register_dataset(
+        f"{_setting}_synthetic", needs_model=True, setting=_setting, base="synthetic", n=2,
+        paper="Rao et al. 2022", description=f"{_setting} 2x2 grids of the synthetic dataset",
+    )(functools.partial(grid, source="synthetic", setting=_setting, n=2))

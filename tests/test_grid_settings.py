@@ -1,0 +1,309 @@
+"""GridPG / DiFull / DiPart model wrappers (saliencybench.models.grid_settings)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torchvision
+from torch import nn
+
+from saliencybench.metrics.localization import localization_score
+from saliencybench.models.grid_settings import (
+    GridSetting, cell_masks, cells_to_grid, default_layers, grid_to_cells, split_backbone_head,
+)
+from saliencybench.models.layers import capture_activation
+
+
+class SmallRFNet(nn.Module):
+    """Two bias-free 3x3 convs + GAP + fc: zero input gives zero features (small receptive field)."""
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 3, padding=1, bias=False), nn.ReLU(),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, k)
+        self.sb_layers = {"input": None, "middle": "features.1", "final": "features.4", "cam": "features.4"}
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class VGGLike(nn.Module):
+    """features / avgpool(2x2) / classifier with biases, like a small VGG head."""
+
+    def __init__(self, k: int = 4) -> None:
+        super().__init__()
+        self.features = nn.Sequential(nn.Conv2d(3, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                                      nn.Conv2d(6, 6, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2))
+        self.avgpool = nn.AdaptiveAvgPool2d((2, 2))
+        self.classifier = nn.Sequential(nn.Linear(24, 16), nn.ReLU(), nn.Linear(16, k))
+        self.sb_layers = {"input": None, "middle": "features.1", "final": "features.4", "cam": "features.4"}
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+class FirstConvOnlyNet(nn.Module):
+    """Only the first conv has spatial extent (3x3, zero padding); the rest is 1x1 / aligned
+    pooling, so a cell's features in a grid whose other cells are zero equal the features of
+    the cell image alone: the receptive field "allows" exact GridPG equality."""
+
+    def __init__(self, k: int = 5) -> None:
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+            nn.Conv2d(8, 8, 1), nn.ReLU(),
+        )
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(8, k)
+        self.sb_layers = {"input": None, "middle": "features.1", "final": "features.4", "cam": "features.4"}
+
+    def forward(self, x):
+        return self.fc(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+def small_resnet(k: int = 5) -> nn.Module:
+    """torchvision ResNet naming (Bottleneck blocks, BN, projection skips), one block per stage."""
+    from torchvision.models.resnet import Bottleneck, ResNet
+
+    torch.manual_seed(0)
+    return ResNet(Bottleneck, [1, 1, 1, 1], num_classes=k).eval()
+
+
+def _gxi(model, x, target):
+    x = x.clone().requires_grad_(True)
+    model(x).gather(1, target[:, None]).sum().backward()
+    return (x.grad * x).sum(1, keepdim=True), x.grad
+
+
+@pytest.fixture
+def rf_net():
+    torch.manual_seed(0)
+    return SmallRFNet().eval()
+
+
+def test_grid_cells_roundtrip():
+    x = torch.randn(3, 2, 12, 12)
+    cells = grid_to_cells(x, 3)
+    assert cells.shape == (27, 2, 4, 4)
+    assert torch.equal(cells[1 * 9 + 5], x[1, :, 4:8, 8:12])  # grid 1, cell (1, 2)
+    assert torch.equal(cells_to_grid(cells, 3), x)
+
+
+def test_split_and_default_layers():
+    r18 = torchvision.models.resnet18(weights=None, num_classes=4)
+    assert split_backbone_head(r18)[1] == ["avgpool", "fc"]
+    assert default_layers(r18) == {"input": None, "middle": "layer2", "final": "layer4", "cam": "layer4"}
+    from torchvision.models.vgg import cfgs, make_layers
+
+    def vgg_like(bn):  # torchvision VGG11 naming without building its 100M-parameter head
+        m = nn.Module()
+        m.features = make_layers(cfgs["A"], batch_norm=bn)
+        m.avgpool = nn.AdaptiveAvgPool2d(7)
+        m.classifier = nn.Linear(1, 1)
+        return m
+
+    assert split_backbone_head(vgg_like(False)) == (["features"], ["avgpool", "classifier"])
+    # VGG11: ReLU after conv5 and conv8 (Rao et al. 2022, official code)
+    assert default_layers(vgg_like(False))["middle"] == "features.12"
+    assert default_layers(vgg_like(False))["final"] == "features.19"
+    assert default_layers(vgg_like(True))["final"] == "features.27"
+
+    class NoPool(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 2, 1)
+
+    with pytest.raises(ValueError, match="sb_grid_split"):
+        split_backbone_head(NoPool())
+
+
+def test_gridpg_logit_map_equals_single_image_logits():
+    """Tolerance 1e-5 abs: a single image in one cell, zeros (= the conv padding value)
+    elsewhere; the classifier window aligned with that cell sees exactly the features of the
+    image alone, because only the first layer has spatial extent."""
+    torch.manual_seed(0)
+    rf_net = FirstConvOnlyNet().eval()
+    k = 5
+    single = torch.randn(4, 3, 16, 16, generator=torch.Generator().manual_seed(1))
+    ref = rf_net(single)
+    w = GridSetting(rf_net, "gridpg", 2, cell_size=(16, 16)).eval()
+    aligned = GridSetting(rf_net, "gridpg", 2, head="aligned", cell_size=(16, 16)).eval()
+    for cell in range(4):
+        grid = torch.zeros(4, 3, 32, 32)
+        r, c = divmod(cell, 2)
+        grid[:, :, r * 16:(r + 1) * 16, c * 16:(c + 1) * 16] = single
+        with torch.no_grad():
+            lm = w.logit_map(grid)  # (B, K, 9, 9): d = 8, P = (n-1)d + 1
+            out_al = aligned(grid).view(4, 4, k)
+            out_gl = w(grid).view(4, 4, k)
+        assert lm.shape == (4, k, 9, 9)
+        torch.testing.assert_close(lm[:, :, r * 8, c * 8], ref, atol=1e-5, rtol=0)
+        torch.testing.assert_close(out_al[:, cell], ref, atol=1e-5, rtol=0)
+        # the paper's single head: mean of the slid classifier, the same block for every cell
+        torch.testing.assert_close(out_gl[:, 0], lm.mean((2, 3)), atol=1e-6, rtol=0)
+        assert torch.equal(out_gl[:, 0], out_gl[:, 3])
+
+
+def test_gridpg_vgg_head_slides_over_windows():
+    torch.manual_seed(0)
+    m = VGGLike().eval()
+    x = torch.randn(2, 3, 32, 32)
+    w = GridSetting(m, "gridpg", 2, cell_size=(16, 16))
+    lm = w.logit_map(x)  # final map 8x8, d = 4 -> 5x5 windows
+    assert lm.shape == (2, 4, 5, 5)
+    f = m.features(x)
+    win = f[:, :, 1:5, 2:6]
+    expect = m.classifier(torch.flatten(m.avgpool(win), 1))
+    torch.testing.assert_close(lm[:, :, 1, 2], expect, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("arch", ["small", "resnet"])
+def test_difull_zero_gradient_outside_scored_cell(arch):
+    torch.manual_seed(0)
+    m = SmallRFNet().eval() if arch == "small" else small_resnet()
+    n, k = 2, 5
+    w = GridSetting(m, "difull", n, cell_size=(32, 32)).eval()
+    x = torch.randn(4, 3, 64, 64, generator=torch.Generator().manual_seed(2))
+    cells = torch.tensor([0, 3, 1, 2])
+    target = cells * k + torch.tensor([1, 2, 3, 4])
+    attr, grad = _gxi(w, x, target)
+    masks = cell_masks((64, 64), n)[cells]
+    assert torch.all(grad * (1 - masks) == 0)  # exactly zero, not just small
+    assert torch.all((grad * masks).flatten(1).abs().sum(1) > 0)
+    # saliency (|grad|) and IxG both localize perfectly (003 supp. §A)
+    assert torch.equal(localization_score(grad.abs().sum(1, keepdim=True), masks), torch.ones(4))
+    score = localization_score(attr, masks)
+    assert torch.all((score == 1.0) | ((attr * masks).clamp(min=0).sum((1, 2, 3)) == 0))
+
+
+def test_difull_cell_logits_equal_base_model_and_layers_are_grid_shaped():
+    torch.manual_seed(0)
+    m = small_resnet()
+    w = GridSetting(m, "difull", 2).eval()
+    x = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        out = w(x).view(2, 4, 5)
+        for cell in range(4):
+            r, c = divmod(cell, 2)
+            torch.testing.assert_close(out[:, cell], m(x[:, :, r * 32:(r + 1) * 32, c * 32:(c + 1) * 32]),
+                                       atol=1e-5, rtol=1e-5)
+    assert w.sb_layers["middle"] == "backbone.layer2"
+    for setting in ("gridpg", "difull", "dipart"):
+        ws = GridSetting(m, setting, 2)
+        with capture_activation(ws, ws.sb_layers["final"]) as store, torch.no_grad():
+            ws(x)
+        assert store["out"].shape == (2, 2048, 2, 2)  # 32-px cells -> 1x1 each
+    assert "backbone.layer2.0" in w.valid_layers()
+    assert not any(".inner" in n for n in w.valid_layers())
+
+
+def test_difull_layer_attribution_localizes_perfectly():
+    """Gradient x activation at the middle layer of DiFull stays in the scored cell."""
+    torch.manual_seed(0)
+    m = SmallRFNet().eval()
+    w = GridSetting(m, "difull", 2)
+    x = torch.randn(3, 3, 32, 32)
+    target = torch.tensor([0, 3, 0]) * 5 + torch.tensor([1, 0, 4])
+    with capture_activation(w, w.sb_layers["middle"]) as store:
+        w(x).gather(1, target[:, None]).sum().backward()
+    act = store["out"]
+    layer_map = (act.grad * act).sum(1, keepdim=True).abs()
+    up = torch.nn.functional.interpolate(layer_map, size=(32, 32), mode="bilinear", align_corners=False)
+    masks = cell_masks((32, 32), 2)[torch.tensor([0, 3, 0])]
+    assert torch.equal(localization_score(up, masks), torch.ones(3))
+
+
+def test_dipart_equals_aligned_gridpg_and_crops_features(rf_net):
+    x = torch.randn(2, 3, 32, 32)
+    dp = GridSetting(rf_net, "dipart", 2)
+    al = GridSetting(rf_net, "gridpg", 2, head="aligned")
+    with torch.no_grad():
+        out = dp(x)
+        torch.testing.assert_close(out, al(x), atol=1e-5, rtol=1e-5)
+        f = rf_net.features(x)
+        expect = rf_net.fc(f[:, :, 8:, :8].mean((2, 3)))  # cell 2 = bottom-left
+    torch.testing.assert_close(out.view(2, 4, 5)[:, 2], expect, atol=1e-5, rtol=1e-5)
+
+
+def test_wrapper_leaves_base_model_unchanged(rf_net):
+    x = torch.randn(2, 3, 16, 16)
+    before = rf_net(x).detach()
+    state = {k: v.clone() for k, v in rf_net.state_dict().items()}
+    for s in ("gridpg", "difull", "dipart"):
+        w = GridSetting(rf_net, s, 2)
+        w(torch.randn(1, 3, 32, 32)).sum().backward()
+    rf_net.zero_grad(set_to_none=True)
+    assert torch.equal(rf_net(x), before)
+    assert all(torch.equal(v, state[k]) for k, v in rf_net.state_dict().items())
+    assert not any(m._forward_hooks for m in rf_net.modules())
+    assert not rf_net.training
+
+
+def test_bad_split_is_detected():
+    class Odd(nn.Module):  # children registered out of forward order
+        def __init__(self):
+            super().__init__()
+            self.fc = nn.Linear(4, 2)
+            self.features = nn.Conv2d(3, 4, 3, padding=1)
+            self.avgpool = nn.AdaptiveAvgPool2d(1)
+            self.sb_layers = {"middle": "features", "final": "features"}
+
+        def forward(self, x):
+            return self.fc(self.avgpool(self.features(x)).flatten(1))
+
+    with pytest.raises(ValueError):
+        GridSetting(Odd().eval(), "dipart", 2, cell_size=(8, 8))
+
+
+@pytest.mark.parametrize("method,params", [
+    ("saliency", {}), ("ixg", {}), ("guided_backprop", {}), ("integrated_gradients", {"steps": 4}),
+    ("ixg", {"layer": "middle"}),
+])
+def test_difull_registered_gradient_methods_localize_exactly(method, params):
+    """003 supp. §A: on DiFull, gradient methods give exactly 1.0 (through compute_attribution).
+    ``middle`` here is a full-resolution layer, so no upsampling is involved."""
+    from saliencybench.attributions.base import compute_attribution
+
+    torch.manual_seed(0)
+    w = GridSetting(SmallRFNet().eval(), "difull", 2)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    cells = torch.tensor([0, 3, 0, 3])
+    maps = compute_attribution(method, w, x, cells * 5 + torch.tensor([0, 1, 2, 3]), params=params)
+    masks = cell_masks((32, 32), 2)[cells]
+    assert maps.shape == (4, 1, 32, 32)
+    outside = (maps.clamp(min=0) * (1 - masks)).flatten(1).sum(1)
+    assert torch.all(outside == 0)
+    score = localization_score(maps, masks)
+    assert torch.all((score == 1.0) | ((maps * masks).clamp(min=0).flatten(1).sum(1) <= 1e-7))
+
+
+def test_difull_low_resolution_layer_leaks_only_through_bilinear_upsampling():
+    """At a half-resolution layer the layer map itself is zero outside the cell, but the
+    bilinear upsampling (DESIGN; also 003's code) spreads it one pixel into the neighbours."""
+    from saliencybench.attributions.base import compute_attribution
+
+    torch.manual_seed(0)
+    w = GridSetting(SmallRFNet().eval(), "difull", 2)
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(3))
+    cells = torch.tensor([0, 3, 0, 3])
+    maps = compute_attribution("saliency", w, x, cells * 5, params={"layer": "final"})
+    masks = cell_masks((32, 32), 2)[cells]
+    band = torch.nn.functional.max_pool2d(masks, 3, stride=1, padding=1)  # cell + 1 px
+    assert torch.all(maps.clamp(min=0) * (1 - band) == 0)
+    assert torch.all(localization_score(maps, masks) > 0.9)
+
+
+@pytest.mark.parametrize("setting", ["gridpg", "difull", "dipart"])
+def test_layer_occlusion_runs_in_every_setting(setting):
+    """Occlusion at a layer swaps in a bigger batch of activations than the input batch."""
+    from saliencybench.attributions.base import compute_attribution
+
+    torch.manual_seed(0)
+    w = GridSetting(SmallRFNet().eval(), setting, 2)
+    x = torch.randn(2, 3, 32, 32)
+    maps = compute_attribution("occlusion", w, x, torch.tensor([1, 5 + 2]), params={"layer": "final", "window": 3, "stride": 2})
+    assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()
