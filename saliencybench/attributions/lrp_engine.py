@@ -40,8 +40,10 @@ from saliencybench.attributions.lrp_rules import (
     split_relevance,
 )
 
+from saliencybench.models.nib import NIBBatchNorm2d  # noqa: E402  (BN without mean/shift, 004)
+
 PASS_TYPES = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, NIBBatchNorm2d,
     nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.Identity,
 )
 
