@@ -18,6 +18,9 @@ def test_compare_computes_only_the_new_method(tmp_path, capsys, monkeypatch):
     cfg.write_text(TOY_TOML)
     base = tmp_path / "results" / "toy"
     assert main(["run", "--config", str(cfg), "--out", str(base), "--no-progress"]) == 0
+    # as in the repository: only scores.csv, curves.csv and run.json are committed
+    shutil.rmtree(base / "parts")
+    shutil.rmtree(base / "cache")
     plugin = tmp_path / "my_method.py"
     shutil.copy(REPO / "examples" / "my_method.py", plugin)
     out = tmp_path / "cmp"
@@ -31,5 +34,12 @@ def test_compare_computes_only_the_new_method(tmp_path, capsys, monkeypatch):
     assert manifest["attribution_calls"]["my_gradient_squared"] == 12
     assert manifest["parts"]["reused"] > 0
     assert "my_gradient_squared:" in text and "rank" in text and "CI overlaps" in text
+    # reused rows are byte-identical to the baseline's
+    import pandas as pd
+
+    new = pd.read_csv(out / "scores.csv", dtype=str)
+    old = pd.read_csv(base / "scores.csv", dtype=str)
+    kept = new[new.method != "my_gradient_squared"].reset_index(drop=True)
+    assert kept.equals(old.reset_index(drop=True))
     lb = (out / "leaderboard.md").read_text()
     assert "`my_gradient_squared`" in lb and "`toy_gxi`" in lb

@@ -183,3 +183,29 @@ def test_wrong_shape_outputs_are_recorded_per_sample(toy_cfg, tmp_path):
     assert ws["status"].str.contains("expected \\(B,C,H,W\\)").all() and ws["value"].isna().all()
     assert wb["status"].str.startswith("method_error: ValueError").all()
     assert (s[s.method == "toy_gxi"]["status"] == "ok").all()
+
+
+def test_postprocess_aliases_share_one_method_call(toy_cfg, tmp_path):
+    """Aliases differing only in post-processing (the S-IxG kernel sweep) call the method once."""
+    from _toy import grad_x_input
+    from saliencybench.benchmark.registry import METHODS, register_method
+
+    calls = []
+
+    def counting(model, x, target, **kw):
+        calls.append(x.shape[0])
+        return grad_x_input(model, x, target)
+
+    register_method("toy_counted", family="gradient", fn=counting)
+    try:
+        toy_cfg.methods = ["toy_counted", "toy_counted_k3", "toy_counted_k5"]
+        toy_cfg.method_params["toy_counted_k3"] = {"base": "toy_counted", "postprocess": ["sum", "gauss:3"]}
+        toy_cfg.method_params["toy_counted_k5"] = {"base": "toy_counted", "postprocess": ["sum", "gauss:5"]}
+        run_suite(toy_cfg, tmp_path / "r", progress=False)
+    finally:
+        METHODS.remove("toy_counted")
+    assert sum(calls) == 12  # each of the 12 samples attributed once for all three entries
+    s = read_scores(tmp_path / "r")
+    a = s[(s.method == "toy_counted") & (s.metric == "toy_mean")]["value"].to_numpy()
+    b = s[(s.method == "toy_counted_k5") & (s.metric == "toy_mean")]["value"].to_numpy()
+    assert not np.allclose(a, b)  # the smoothing was applied

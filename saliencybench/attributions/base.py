@@ -185,8 +185,14 @@ def compute_attribution(
         (B,1,H,W) float tensor on ``x.device`` (or (B,C,H,W) when ``reduce=False``).
     """
     entry = METHODS.get(method) if isinstance(method, str) else method
+    raw = raw_attribution(entry, model, x, target, params=params, seeds=seeds)
+    return finish_attribution(entry, raw, x, params=params, reduce=reduce)
+
+
+def raw_attribution(entry: Entry, model: nn.Module, x: Tensor, target: Tensor, *,
+                    params: dict[str, Any] | None = None, seeds: Sequence[int] | None = None) -> Tensor:
+    """The method's own output under the model guard, before post-processing (4-D, detached)."""
     kw = method_params(entry, params)
-    steps = tuple((params or {}).get("postprocess", entry.meta.get("postprocess", ("sum",))))
     if entry.meta.get("stochastic"):
         if seeds is None:
             seeds = [stable_seed(entry.name, i) for i in range(x.shape[0])]
@@ -206,5 +212,15 @@ def compute_attribution(
         raise ValueError(
             f"method '{entry.name}' returned shape {tuple(out.shape)}; expected (B,C,H,W) or (B,1,H,W)"
         )
-    out = apply_postprocess(out, steps, size=x.shape[-2:], reduce=reduce)
+    return out
+
+
+def postprocess_steps(entry: Entry, params: dict[str, Any] | None = None) -> tuple[str, ...]:
+    return tuple((params or {}).get("postprocess", entry.meta.get("postprocess", ("sum",))))
+
+
+def finish_attribution(entry: Entry, raw: Tensor, x: Tensor, *, params: dict[str, Any] | None = None,
+                       reduce: bool = True) -> Tensor:
+    """Apply the entry's (or overridden) post-processing to a raw output; float32 result."""
+    out = apply_postprocess(raw, postprocess_steps(entry, params), size=x.shape[-2:], reduce=reduce)
     return out.float()

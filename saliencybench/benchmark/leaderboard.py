@@ -57,7 +57,8 @@ def _fmt(mean: float, lo: float, hi: float) -> str:
     if not np.isfinite(mean):
         return ""
     half = (hi - lo) / 2 if np.isfinite(lo) and np.isfinite(hi) else float("nan")
-    return f"{mean:.3f} ± {half:.3f}" if np.isfinite(half) else f"{mean:.3f}"
+    spec = ".2e" if mean != 0 and abs(mean) < 1e-3 else ".3f"  # e.g. conservation errors ~1e-7
+    return f"{mean:{spec}} ± {half:{spec}}" if np.isfinite(half) else f"{mean:{spec}}"
 
 
 def _order(metrics: list[str], manifest: dict[str, Any]) -> list[str]:

@@ -26,7 +26,15 @@ from torch import Tensor, nn
 from tqdm.auto import tqdm
 
 import saliencybench
-from saliencybench.attributions.base import NotApplicableError, compute_attribution, method_params, model_guard, stable_seed
+from saliencybench.attributions.base import (
+    NotApplicableError,
+    compute_attribution,
+    finish_attribution,
+    method_params,
+    model_guard,
+    raw_attribution,
+    stable_seed,
+)
 from saliencybench.benchmark.config import ConfigError, SuiteConfig, split_spec
 from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
 from saliencybench.benchmark.store import (
@@ -236,12 +244,15 @@ class Runner:
         self.shard = shard
         self.cache = AttributionCache(Path(cache_dir) if cache_dir else self.out / "cache")
         self.store = ResultStore(self.out)
-        self.reuse_from = [ResultStore(Path(p)) for p in reuse_from]
+        self.reuse_from = [BaselineResults(Path(p)) for p in reuse_from]
         self.stats = RunStats()
         self.dataset_info: dict[str, Any] = {}
         self.model_info: dict[str, Any] = {}
         self.not_applicable: dict[str, str] = {}
         self.figures = cfg.figures if figures is None else figures
+        self._raw: dict[tuple, Tensor] = {}  # raw method outputs of the current (dataset, model)
+        sigs = [self._raw_signature(m) for m in self.suite.methods]
+        self._shared_raw = {s for s in sigs if sigs.count(s) > 1}
 
     # -- metric grouping ----------------------------------------------------------------------
     def _metric_instances(self) -> list[Metric]:
@@ -302,6 +313,7 @@ class Runner:
                                        if isinstance(v, (str, int, float, bool, list, tuple, dict))}
         chunks = self._chunks(len(samples))
         n_batches = sum((len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size for _, idx in chunks)
+        self._raw.clear()
         bar = tqdm(total=len(self.suite.methods) * n_batches, desc=f"{ds_name}/{model_spec}",
                    disable=not self.progress, unit="batch", leave=True, file=sys.stderr)
         try:
@@ -342,6 +354,13 @@ class Runner:
         qualitative_grid(images, maps, self.out / "figures" / f"qualitative_{_safe(ds_name)}_{_safe(model_spec)}.png",
                          title=f"{ds_name} / {model_spec}: {', '.join(ids)}", labels=labels)
 
+    def _raw_signature(self, method: str) -> str:
+        """Methods with equal signatures produce the same raw output (they differ only in
+        post-processing); stochastic methods draw per-method seeds, so they never share."""
+        entry = self.suite.method_entry(method)
+        return config_key({"method": entry.name, "params": method_params(entry, self.cfg.method_overrides(method)),
+                           "seed_of": method if entry.meta.get("stochastic") else ""})
+
     def _method_key(self, ds_name: str, model_spec: str, method: str) -> str:
         entry = self.suite.method_entry(method)
         overrides = self.cfg.method_overrides(method)
@@ -360,11 +379,12 @@ class Runner:
         meta = {**entry.meta, "params": method_params(entry, overrides), "name": method, "base": entry.name}
         groups = self._groups(metrics, meta)
         parts = [(g, self.store.part_path(ds_name, model_spec, method, [m.name for m in g], chunk)) for g in groups]
+        ids = [samples.sample_ids[i] for i in idx]
         todo = []
         for g, path in parts:
             if self.store.has_part(path):
                 self.stats.parts_reused += 1
-            elif self._reuse_part(path):
+            elif self._reuse_part(path, ds_name, model_spec, method, [m.name for m in g], ids):
                 self.stats.parts_reused += 1
             else:
                 todo.append((g, path))
@@ -373,7 +393,6 @@ class Runner:
             bar.update(n_b)
             return
         key = self._method_key(ds_name, model_spec, method)
-        ids = [samples.sample_ids[i] for i in idx]
         full = samples.get(idx).to(self.device)
         target = _targets(model, full, self.cfg.target, self.cfg.batch_size)
         maps = self.cache.get(ds_name, model_spec, method, key, chunk, ids)
@@ -383,10 +402,16 @@ class Runner:
             out = []
             t = time.perf_counter()
             try:
+                sig = self._raw_signature(method)
                 for b0 in range(0, len(idx), self.cfg.batch_size):
                     sl = slice(b0, b0 + self.cfg.batch_size)
-                    out.append(compute_attribution(entry, model, full.x[sl], target[sl], params=overrides,
-                                                   seeds=seeds[sl]).cpu())
+                    raw = self._raw.get((sig, chunk, b0))
+                    if raw is None:  # aliases differing only in post-processing share this
+                        raw = raw_attribution(entry, model, full.x[sl], target[sl], params=overrides,
+                                              seeds=seeds[sl])
+                        if sig in self._shared_raw:
+                            self._raw[(sig, chunk, b0)] = raw.cpu()
+                    out.append(finish_attribution(entry, raw.to(self.device), full.x[sl], params=overrides).cpu())
                     bar.update(1)
                 maps = torch.cat(out)
                 self.cache.put(ds_name, model_spec, method, key, chunk, ids, maps)
@@ -424,16 +449,13 @@ class Runner:
             raise ConfigError(f"autocast must be off, bf16 or fp16, got {self.cfg.autocast!r}")
         return torch.autocast(device_type="cuda", dtype=dtype)
 
-    def _reuse_part(self, path: Path) -> bool:
-        """Copy a verified part of the same name from a baseline results directory."""
-        rel = path.relative_to(self.store.root)
-        for other in self.reuse_from:
-            src = other.root / rel
-            if other.has_part(src):
-                from saliencybench.benchmark.store import _curves_path, atomic_write_bytes, read_verified
-
-                atomic_write_bytes(_curves_path(path), read_verified(_curves_path(src)))
-                atomic_write_bytes(path, read_verified(src))
+    def _reuse_part(self, path: Path, ds: str, model: str, method: str, metrics: list[str],
+                    ids: list[str]) -> bool:
+        """Take this part's rows from a baseline results directory when it has all of them."""
+        for base in self.reuse_from:
+            found = base.rows(ds, model, method, metrics, ids)
+            if found is not None:
+                self.store.write_part(path, *found)
                 return True
         return False
 
@@ -521,6 +543,35 @@ class Runner:
             "not_applicable": self.not_applicable,
             "rows": int(len(scores)),
         }
+
+
+class BaselineResults:
+    """Stored ``scores.csv`` / ``curves.csv`` of an earlier run, served as result parts.
+
+    ``compare`` and reruns against a committed baseline reuse rows from here: a part is
+    reused only when every (metric, sample) row it needs is present.
+    """
+
+    def __init__(self, root: Path) -> None:
+        from saliencybench.benchmark.store import read_curves, read_scores
+
+        self.root = Path(root)
+        scores = read_scores(self.root)
+        curves = read_curves(self.root)
+        self._scores = {k: g for k, g in scores.groupby(["dataset", "model", "method"], sort=False)}
+        self._curves = {k: g for k, g in curves.groupby(["dataset", "model", "method"], sort=False)} if len(curves) else {}
+
+    def rows(self, ds: str, model: str, method: str, metrics: list[str],
+             ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
+        g = self._scores.get((ds, model, method))
+        if g is None:
+            return None
+        s = g[g["metric"].isin(metrics) & g["sample_id"].isin(ids)]
+        if len(s) != len(metrics) * len(ids):
+            return None
+        c = self._curves.get((ds, model, method))
+        c = c[c["metric"].isin(metrics) & c["sample_id"].isin(ids)] if c is not None else pd.DataFrame()
+        return s, c
 
 
 def run_suite(cfg: SuiteConfig, out_dir: Path | str, **kw: Any) -> dict[str, Any]:

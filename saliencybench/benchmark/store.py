@@ -204,8 +204,10 @@ def _curves_path(part: Path) -> Path:
 
 
 def _to_csv(df: pd.DataFrame, columns: list[str]) -> str:
+    """Scores keep 8 significant digits; curves (only ever plotted or averaged) keep 6."""
     df = df.reindex(columns=columns)
-    return df.to_csv(index=False, float_format="%.8g", lineterminator="\n")
+    fmt = "%.6g" if columns is CURVE_COLUMNS else "%.8g"
+    return df.to_csv(index=False, float_format=fmt, lineterminator="\n")
 
 
 def read_scores(results_dir: Path) -> pd.DataFrame:
