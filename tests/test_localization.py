@@ -151,3 +151,28 @@ def test_report_writes_boxes_aggatt_spearman_and_sweep(tmp_path):
     assert sp.shape == (4, 4) and (abs(sp.values.diagonal() - 1) < 1e-9).all()
     sweep = pd.read_csv(tmp_path / "figures" / "kernel_sweep.csv")
     assert list(sweep.columns) == ["model", "family", "Original", "K=9", "K=17"]
+
+
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+
+@settings(max_examples=40, deadline=None)
+@given(seed=st.integers(0, 10_000), log_scale=st.floats(-6, 6), n=st.sampled_from([2, 3]),
+       small=st.booleans())
+def test_localization_and_mass_invariant_to_positive_scaling(seed, log_scale, n, small):
+    # 003: the score is a ratio of positive masses, so any positive factor cancels (also for
+    # layer-sized maps that are upsampled first); mass_in_mask is the same ratio on an object mask
+    g = torch.Generator().manual_seed(seed)
+    size = 4 * n if small else 12 * n
+    a = torch.randn(n * n, 1, size, size, generator=g, dtype=torch.float64)
+    masks = cell_masks((12 * n, 12 * n), n).double()
+    k = 10.0 ** log_scale
+    base = localization_score(a, masks)
+    torch.testing.assert_close(localization_score(a * k, masks), base, rtol=1e-9, atol=1e-12)
+    assert ((base >= 0) & (base <= 1)).all()
+    mim = METRICS.get("mass_in_mask").obj(name="mass_in_mask")
+    ctx = _ctx(masks, n * n)
+    full = torch.nn.functional.interpolate(a, size=(12 * n, 12 * n), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(mim.evaluate(ctx, full * k).values.double(),
+                               mim.evaluate(ctx, full).values.double(), rtol=1e-6, atol=1e-9)

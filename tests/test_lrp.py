@@ -226,14 +226,15 @@ def test_batch_equals_single_samples():
 
 
 # ---------------------------------------------------------------------------- zennit
-def _zennit(model, x, t, rule):
+def _zennit(model, x, t, rule, canonizers=()):
     from zennit.attribution import Gradient
     from zennit.composites import LayerMapComposite, layer_map_base
     from zennit.rules import Epsilon, ZPlus
     from zennit.types import Convolution
 
     hook = Epsilon() if rule == "epsilon" else ZPlus(zero_params=["bias"])
-    comp = LayerMapComposite(layer_map_base() + [(Convolution, hook), (nn.Linear, hook)])
+    comp = LayerMapComposite(layer_map_base() + [(Convolution, hook), (nn.Linear, hook)],
+                             canonizers=list(canonizers))
     onehot = torch.eye(10, dtype=x.dtype)[t]
     with Gradient(model=model, composite=comp) as attributor:
         _, rel = attributor(x, onehot)
@@ -242,8 +243,7 @@ def _zennit(model, x, t, rule):
 
 @pytest.mark.parametrize("method,rule", [("lrp_epsilon", "epsilon"), ("lrp_zplus", "zplus")])
 def test_matches_zennit_on_vgg11_float64(method, rule):
-    # VGG11 without BN (zennit would merge BN into the conv with a canonizer, where we pass
-    # relevance through BN; on BN models the two differ by design). Composite: zennit's
+    # VGG11 without BN (BN models: test_matches_zennit_with_bn_canonizer_float64). Composite: zennit's
     # layer_map_base (Norm on AvgPool, Pass on ReLU) + Epsilon / ZPlus(zero bias) on conv and
     # linear. Our epsilon keeps the bias in z, our z+ drops it, as these zennit rules do. Max
     # pooling: zennit passes the gradient, our z-rule gives the same (R to the arg-max). The
@@ -260,6 +260,62 @@ def test_matches_zennit_on_vgg11_float64(method, rule):
     err = (ours - theirs).abs().max() / theirs.abs().max()
     assert err < 1e-4
     assert err < 1e-10  # in fact equal up to rounding
+
+
+@pytest.mark.parametrize("method,rule", [("lrp_epsilon", "epsilon"), ("lrp_zplus", "zplus")])
+@pytest.mark.parametrize("arch", ["vgg11_bn", "resnet18"])
+def test_matches_zennit_with_bn_canonizer_float64(method, rule, arch):
+    # BN models: the plain LRP rules fold each eval-mode BN into the conv before it (our
+    # ``canonize_bn``), as zennit's canonizers do (SequentialMergeBatchNorm for VGG,
+    # ResNetCanonizer for ResNet, which also turns the residual add into a ``Sum`` module that
+    # layer_map_base gives the Norm rule: our "signed" split). BN statistics are randomised so
+    # the fold is far from the identity. Without the fold, epsilon on the bias-free conv and an
+    # unchanged pass through BN divides by the pre-BN output and explodes where it is near 0.
+    from zennit.torchvision import ResNetCanonizer, SequentialMergeBatchNorm
+
+    torch.manual_seed(0)
+    model = randomize_bn(getattr(torchvision.models, arch)(weights=None, num_classes=10)).eval().double()
+    # zennit's canonizer leaves each BN as x / sqrt(1 + bn.eps) rather than the identity (it
+    # resets mean / var / affine, not eps), which moves epsilon-rule maps by up to ~1e-2 relative
+    # on this model; with eps = 0 its canonized model is exactly the original one
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.eps = 0.0
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([1, 4])
+    entry = METHODS.get(method)
+    ours = entry.obj(model, x, t, **entry.meta["defaults"])
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    logit = model(x)[torch.arange(2), t].detach().view(-1, 1, 1, 1)
+    canon = ResNetCanonizer() if arch.startswith("resnet") else SequentialMergeBatchNorm()
+    theirs = _zennit(model, x, t, rule, [canon]) * logit
+    err = float((ours - theirs).abs().max() / theirs.abs().max())
+    # measured: float64 rounding (stabilisers: both eps=1e-6 on the same folded z)
+    assert err < 1e-4, err
+    assert err < 1e-10, err
+
+
+def test_bn_fold_keeps_plain_epsilon_finite_on_the_zoo_resnet():
+    # sb_resnet's convs have no bias and BN follows each one. Passing relevance unchanged
+    # through BN while the epsilon rule divides by the pre-BN conv output blew the input sum up
+    # to ~1e8 x the logit (measured median 3.6e8 on these 16 samples); folded as zennit does,
+    # the error is what the folded biases absorb (measured median 0.85, max 1.39)
+    model = MODELS.get("sb_resnet").obj().eval()
+    from saliencybench.benchmark.registry import DATASETS
+
+    ds = DATASETS.get("synthetic").obj(n_samples=16, split="test")
+    kw = dict(rule="epsilon", split="signed", init="logit", epsilon=1e-6, stabilizer=1e-6,
+              zplus_mode="alpha1beta0")
+
+    def err(canonize_bn):
+        r = lrp_relevance(model, ds.x, ds.y, canonize_bn=canonize_bn, **kw)
+        return ((r.checkpoints["input"] - r.initial.double()).abs() / r.initial.double().abs()).median()
+
+    folded, unfolded = float(err(True)), float(err(False))
+    assert folded < 2.0 and unfolded > 1e3 * folded
+    assert METHODS.get("lrp_epsilon").meta["defaults"]["canonize_bn"] is True
+    assert "canonize_bn" not in METHODS.get("lrp_resnet").meta["defaults"]  # 001: BN passes R
 
 
 # ---------------------------------------------------------------------------- registry / guard

@@ -29,6 +29,7 @@ from saliencybench.attributions.layer import (
     target_scores,
 )
 from saliencybench.benchmark.registry import register_method
+from saliencybench.models.layout import fast_layout
 
 
 def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
@@ -84,7 +85,7 @@ def scorecam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None =
         lo_ = up.flatten(1).amin(1).view(-1, 1, 1, 1)
         hi_ = up.flatten(1).amax(1).view(-1, 1, 1, 1)
         up = (up - lo_) / (hi_ - lo_ + 1e-8)
-        scores[cb, ck] = target_scores(model(x[cb] * up), target[cb])
+        scores[cb, ck] = target_scores(model(fast_layout(x[cb] * up)), target[cb])
     return _weighted(act, torch.softmax(scores, dim=1))
 
 

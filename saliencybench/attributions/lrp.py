@@ -20,8 +20,11 @@ All entries share one implementation, :func:`lrp`, and differ only in registry d
 The ``lrp_resnet*`` entries start from the softmax probability of the target (001 §4.1); the
 plain LRP rules start from the target logit as in Bach et al. 2015 and zennit/Captum.
 The "signed" merge of the plain rules is the standard LRP sum rule (zennit's ``Norm`` on the
-``Sum`` its ResNet canonizer inserts). Heat Quantization is the shared ``quantize:8``
-post-processing step (:func:`saliencybench.attributions.postprocess.heat_quantize`).
+``Sum`` its ResNet canonizer inserts), and they fold each eval-mode BatchNorm into the conv
+before it (``canonize_bn``, zennit's ``MergeBatchNorm``): without the fold the epsilon rule
+divides by the pre-BN conv output and its relevance explodes on BN networks. ``lrp_resnet*``
+keep the paper's rule, BatchNorm passes relevance unchanged (001 §3.1). Heat Quantization is
+the shared ``quantize:8`` post-processing step (:func:`saliencybench.attributions.postprocess.heat_quantize`).
 """
 
 from __future__ import annotations
@@ -67,8 +70,8 @@ def lrp_resnet_with_checkpoints(
 
 _RESNET = dict(rule="zplus", split="ratio", include_identity=True, init="prob",
                stabilizer=0.0, zplus_mode="paper")
-_BASELINE = dict(split="signed", include_identity=True, init="logit", epsilon=1e-6,
-                 stabilizer=1e-6, zplus_mode="alpha1beta0")
+_BASELINE = dict(canonize_bn=True, split="signed", include_identity=True, init="logit",
+                 epsilon=1e-6, stabilizer=1e-6, zplus_mode="alpha1beta0")
 
 _VARIANTS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
     ("lrp_resnet", {}, ("sum", "quantize:8"),
@@ -102,7 +105,8 @@ register_method(
     "lrp_epsilon", family="lrp", paper="Bach et al. 2015; 001 Table 1 'LRP'", needs=("forward",),
     defaults={**_BASELINE, "rule": "epsilon"}, postprocess=("sum",), conservation="lrp",
     description="LRP epsilon rule (eps=1e-6, bias in the denominator) on every conv / linear "
-    "layer, standard sum rule at residual merges. 001 Table 1 / Table C 'LRP (eps rule)'.",
+    "layer (BN folded into it), standard sum rule at residual merges. 001 Table 1 / Table C "
+    "'LRP (eps rule)'.",
     fn=lrp,
 )
 for _name in ("lrp_zplus", "lrp_alpha1beta0"):
@@ -110,7 +114,8 @@ for _name in ("lrp_zplus", "lrp_alpha1beta0"):
         _name, family="lrp", paper="Bach et al. 2015; Montavon et al. 2017", needs=("forward",),
         defaults={**_BASELINE, "rule": "zplus"}, postprocess=("sum",), conservation="lrp",
         description="LRP z+ = alpha1beta0 rule (positive contributions, no bias) on every conv / "
-        "linear layer, standard sum rule at residual merges (zennit ZPlus, zero bias).",
+        "linear layer (BN folded into it), standard sum rule at residual merges (zennit ZPlus, "
+        "zero bias).",
         fn=lrp,
     )
 register_method(

@@ -16,7 +16,7 @@ record. ReLUs are applied functionally and merges out of place; parameters are o
 Relevance flows (Otsuki et al. 2024, paper 001): softmax probability of the target class at
 its logit (§4.1); linear layers by :func:`~saliencybench.attributions.lrp_rules.linear_relevance`
 (z+ Eq. 2-3 or epsilon); pooling as linear maps; BatchNorm and ReLU pass relevance unchanged
-(§3.1); at each residual merge Relevance Splitting (Eq. 4 / 5, §4.3), optionally with no
+(§3.1), or with ``canonize_bn`` the rule sees conv + eval-mode BN as one folded conv; at each residual merge Relevance Splitting (Eq. 4 / 5, §4.3), optionally with no
 relevance through identity skips (§4.4, Table 2 "Include identical"); projection skips
 propagate with the same rule as the main branch.
 """
@@ -101,6 +101,7 @@ class LRPConfig:
     stabilizer: float = 0.0
     zplus_mode: str = "paper"
     switch_block: int = 8
+    canonize_bn: bool = False  # rules see conv+BN as one folded conv (zennit's MergeBatchNorm)
 
     def __post_init__(self) -> None:
         if self.rule not in ("zplus", "epsilon", "mixture"):
@@ -241,6 +242,17 @@ def _folded_params(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]
     return w, b
 
 
+def _folded_proxy(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
+    """A stand-in of ``conv`` whose weight and bias include the following eval-mode BN.
+
+    The proxy gets its own parameter dict, so the model itself is never touched.
+    """
+    w, b = _folded_params(conv, bn)
+    proxy = type(conv).__new__(type(conv))
+    proxy.__dict__ = {**conv.__dict__, "_parameters": {"weight": w, "bias": b}}
+    return proxy
+
+
 def _forward(nodes: list[Node], h: Tensor, tr: _Trace, keep_out: set[str]) -> Tensor:
     skip_bn: nn.Module | None = None
     for n in nodes:
@@ -334,7 +346,11 @@ class _Pass:
         for n in reversed(nodes):
             if n.kind == "linear":
                 rule = _rule_for(n, self.cfg, self.n_blocks)
-                r = linear_relevance(n.module, self.tr.inputs[n.name], r, rule, self.tr.outputs.get(n.name))
+                if self.cfg.canonize_bn and n.fold_bn is not None and not n.fold_bn.training:
+                    # conv + BN as one linear map (zennit's BN canonizer); BN then passes R
+                    r = linear_relevance(_folded_proxy(n.module, n.fold_bn), self.tr.inputs[n.name], r, rule, None)
+                else:
+                    r = linear_relevance(n.module, self.tr.inputs[n.name], r, rule, self.tr.outputs.get(n.name))
                 if n.name in self.tr.shapes:
                     r = r.reshape(self.tr.shapes[n.name])
             elif n.kind == "pool":

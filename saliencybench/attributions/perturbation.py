@@ -21,6 +21,7 @@ from saliencybench.attributions.layer import (
     target_scores,
 )
 from saliencybench.benchmark.registry import register_method
+from saliencybench.models.layout import fast_layout
 
 
 def _window_masks(windows: Tensor, n_h: int, n_w: int, size: tuple[int, int], kernel: int,
@@ -63,7 +64,7 @@ def occlusion(model: nn.Module, x: Tensor, target: Tensor, *, window: int | None
         occluded = act.unsqueeze(1) * (1 - masks) + baseline * masks  # (B,n,C,h,w)
         flat = occluded.flatten(0, 1)
         if name is None:
-            out = model(flat)
+            out = model(fast_layout(flat))
         else:
             with replace_layer_output(model, name, lambda _o, flat=flat: flat):
                 out = model(x[:1])
@@ -121,7 +122,7 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
         bi = torch.arange(b, device=x.device).repeat_interleave(n)
         for s in range(0, b * n, internal_batch_size):
             sl = slice(s, s + internal_batch_size)
-            out = model(x[bi[sl]] * flat_masks[sl])
+            out = model(fast_layout(x[bi[sl]] * flat_masks[sl]))
             p = torch.softmax(out.float(), 1).to(x.dtype)
             probs.view(-1)[sl] = p.gather(1, target[bi[sl]].view(-1, 1)).squeeze(1)
         sal += (probs.view(b, n, 1, 1, 1) * masks).sum(1)

@@ -38,6 +38,7 @@ from torch import Tensor
 from saliencybench.benchmark.registry import register_metric
 from saliencybench.benchmark.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
+from saliencybench.models.layout import fast_layout
 
 
 def minmax_per_channel(a: Tensor) -> Tensor:
@@ -76,7 +77,7 @@ class MaskedInputAccuracy(Metric):
 
     @torch.no_grad()
     def _predict(self, ctx: EvalContext, x: Tensor) -> Tensor:
-        outs = [ctx.model(x[i:i + ctx.max_batch]) for i in range(0, x.shape[0], max(1, ctx.max_batch))]
+        outs = [ctx.model(fast_layout(x[i:i + ctx.max_batch])) for i in range(0, x.shape[0], max(1, ctx.max_batch))]
         ctx.count_forwards(self.name, x.shape[0])
         return torch.cat(outs).argmax(1)
 

@@ -66,6 +66,7 @@ from saliencybench.attributions.postprocess import gaussian_smooth
 from saliencybench.benchmark.registry import register_metric
 from saliencybench.benchmark.types import EvalContext, MetricOutput, Normalization
 from saliencybench.metrics.base import Metric
+from saliencybench.models.layout import fast_layout
 
 KINDS = ("insertion", "deletion", "id_score", "lerf", "morf", "lerf_morf_gap")
 SUBSTRATES = ("black", "zero", "mean", "blur", "min")
@@ -368,7 +369,7 @@ def _autocast(device: torch.device, amp: str | None):
 def _target_scores(model: torch.nn.Module, images: Tensor, target: Tensor, output: str,
                    amp: str | None) -> Tensor:
     with _autocast(images.device, amp):
-        logits = model(images)
+        logits = model(fast_layout(images))
     logits = logits.float()
     if output == "softmax":
         logits = torch.softmax(logits, dim=1)
@@ -380,7 +381,7 @@ def predict_logits(model: torch.nn.Module, x: Tensor, max_batch: int, amp: str |
     outs = []
     for i in range(0, x.shape[0], max(1, max_batch)):
         with _autocast(x.device, amp):
-            outs.append(model(x[i:i + max_batch]).float())
+            outs.append(model(fast_layout(x[i:i + max_batch])).float())
     return torch.cat(outs)
 
 
