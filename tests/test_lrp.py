@@ -184,9 +184,18 @@ def test_heat_quantization_levels_and_floor_formula(q):
     for i in range(3):
         assert out[i].unique().numel() <= q
         lo, hi = a[i].min(), a[i].max()
-        expect = torch.floor((a[i] - lo) / ((hi - lo) / (q - 1)))  # authors' code, step (max-min)/(Q-1)
-        assert torch.equal(out[i], expect.clamp(0, q - 1))
-        assert out[i].max() == q - 1 and out[i].min() == 0
+        step = (hi - lo) / (q - 1)  # authors' code: step (max-min)/(Q-1), Eq. 8's "min +" offset
+        level = torch.floor((a[i] - lo) / step).clamp(0, q - 1)
+        assert torch.equal(out[i], lo + level * step)
+        assert torch.isclose(out[i].max(), hi) and out[i].min() == lo
+        # a quantized value never exceeds the raw one and lies less than a step below it
+        assert (out[i] <= a[i] + 1e-12).all() and (a[i] - out[i] < step + 1e-12).all()
+        # monotone: the pixel order (ties aside) is the raw order, so Insertion / Deletion
+        # rank pixels by level
+        order = a[i].flatten().argsort()
+        assert (out[i].flatten()[order].diff() >= 0).all()
+    const = torch.full((1, 1, 4, 4), 2.5, dtype=torch.float64)
+    assert torch.equal(heat_quantize(const, q), const)
 
 
 def test_lrp_resnet_registry_applies_quantization():

@@ -61,11 +61,16 @@ def gaussian_smooth(a: Tensor, kernel: int, sigma: float | None = None) -> Tenso
 
 
 def heat_quantize(a: Tensor, levels: int = 8) -> Tensor:
-    """Heat Quantization (Otsuki et al. 2024, Eq. 8, as in the authors' code).
+    """Heat Quantization (Otsuki et al. 2024, Eq. 8, with the authors' step).
 
-    Per sample, values are mapped to ``floor((a - min) / step)`` with
-    ``step = (max - min) / (Q - 1)``, giving at most Q levels 0..Q-1 (the maximum lands on
-    level Q-1 exactly). Constant maps become all zeros.
+    Per sample, ``alpha = min + floor((a - min) / step) * step`` with
+    ``step = (max - min) / (Q - 1)``: at most Q values, the maximum lands on the top level
+    exactly (the printed Eq. 8 divides by Q and multiplies by Q, off by one against the
+    official code). Keeping Eq. 8's ``min +`` offset leaves the map in its own units, so the
+    pixel ranking (Insertion / Deletion) is that of the level index while relevance near 0
+    stays near 0 and positive-mass metrics (mass in mask, pointing game, localization) see
+    the sign of the relevance rather than a map shifted to be positive everywhere.
+    Constant maps are returned unchanged.
     """
     if levels < 2:
         raise ValueError("heat quantization needs at least 2 levels")
@@ -74,9 +79,8 @@ def heat_quantize(a: Tensor, levels: int = 8) -> Tensor:
     hi = flat.max(1).values.view(-1, *([1] * (a.ndim - 1)))
     step = (hi - lo) / (levels - 1)
     safe = torch.where(step > 0, step, torch.ones_like(step))
-    q = torch.floor((a - lo) / safe)
-    q = torch.where(step > 0, q, torch.zeros_like(q))
-    return q.clamp_(0, levels - 1)
+    q = torch.floor((a - lo) / safe).clamp_(0, levels - 1)
+    return torch.where(step > 0, lo + q * safe, a)
 
 
 def apply_postprocess(
