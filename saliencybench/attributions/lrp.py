@@ -90,9 +90,10 @@ _VARIANTS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
      ("sum", "quantize:8"),
      "LRP for ResNet, symmetric splitting only at projection skips, R_s = 0 on identity "
      "skips, HQ. 001 Table 2 (i)."),
-    ("lrp_resnet_mixture", {"rule": "mixture", "epsilon": 1e-6}, ("sum", "quantize:8"),
-     "LRP for ResNet (ratio split, HQ) with the rule mixture: epsilon after the 8th block, "
-     "z+ before. 001 supp. Table C 'Ours (Mixture of rules)'."),
+    ("lrp_resnet_mixture", {"rule": "mixture", "epsilon": 1e-6, "canonize_bn": "epsilon"},
+     ("sum", "quantize:8"),
+     "LRP for ResNet (ratio split, HQ) with the rule mixture: epsilon after the 8th block "
+     "(on conv + BN folded), z+ before. 001 supp. Table C 'Ours (Mixture of rules)'."),
 ]
 
 for _name, _over, _post, _desc in _VARIANTS:

@@ -16,8 +16,9 @@ record. ReLUs are applied functionally and merges out of place; parameters are o
 Relevance flows (Otsuki et al. 2024, paper 001): softmax probability of the target class at
 its logit (§4.1); linear layers by :func:`~saliencybench.attributions.lrp_rules.linear_relevance`
 (z+ Eq. 2-3 or epsilon); pooling as linear maps; BatchNorm and ReLU pass relevance unchanged
-(§3.1), or with ``canonize_bn`` the rule sees conv + eval-mode BN as one folded conv; at each residual merge Relevance Splitting (Eq. 4 / 5, §4.3), optionally with no
-relevance through identity skips (§4.4, Table 2 "Include identical"); projection skips
+(§3.1), or with ``canonize_bn`` the rule sees conv + eval-mode BN as one folded conv; at each
+residual merge Relevance Splitting (Eq. 4 / 5, §4.3), optionally with no relevance through
+identity skips (§4.4, Table 2 "Include identical"); projection skips
 propagate with the same rule as the main branch.
 """
 
@@ -101,7 +102,10 @@ class LRPConfig:
     stabilizer: float = 0.0
     zplus_mode: str = "paper"
     switch_block: int = 8
-    canonize_bn: bool = False  # rules see conv+BN as one folded conv (zennit's MergeBatchNorm)
+    # rules see conv + eval-mode BN as one folded conv (zennit's MergeBatchNorm): True for every
+    # rule, "epsilon" only where the epsilon rule applies (whose denominator must include BN's
+    # shift), False: BN passes relevance unchanged (001 §3.1)
+    canonize_bn: bool | str = False
 
     def __post_init__(self) -> None:
         if self.rule not in ("zplus", "epsilon", "mixture"):
@@ -110,6 +114,8 @@ class LRPConfig:
             raise ValueError(f"unknown relevance split '{self.split}' ({', '.join(SPLIT_MODES)})")
         if self.init not in ("prob", "logit"):
             raise ValueError(f"unknown initial relevance '{self.init}' (prob or logit)")
+        if self.canonize_bn not in (True, False, "epsilon"):
+            raise ValueError(f"canonize_bn must be true, false or 'epsilon', got {self.canonize_bn!r}")
         if self.zplus_mode not in ("paper", "alpha1beta0"):
             raise ValueError(f"unknown zplus_mode '{self.zplus_mode}' (paper or alpha1beta0)")
 
@@ -346,7 +352,8 @@ class _Pass:
         for n in reversed(nodes):
             if n.kind == "linear":
                 rule = _rule_for(n, self.cfg, self.n_blocks)
-                if self.cfg.canonize_bn and n.fold_bn is not None and not n.fold_bn.training:
+                fold = self.cfg.canonize_bn is True or (self.cfg.canonize_bn == "epsilon" and rule.kind == "epsilon")
+                if fold and n.fold_bn is not None and not n.fold_bn.training:
                     # conv + BN as one linear map (zennit's BN canonizer); BN then passes R
                     r = linear_relevance(_folded_proxy(n.module, n.fold_bn), self.tr.inputs[n.name], r, rule, None)
                 else:
