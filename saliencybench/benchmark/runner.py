@@ -9,6 +9,7 @@ and `compare` reuses every part it already has. No metric recomputes an attribut
 
 from __future__ import annotations
 
+import json
 import platform
 import subprocess
 import sys
@@ -384,7 +385,7 @@ class Runner:
         for g, path in parts:
             if self.store.has_part(path):
                 self.stats.parts_reused += 1
-            elif self._reuse_part(path, ds_name, model_spec, method, [m.name for m in g], ids):
+            elif self._reuse_part(path, ds_name, model_spec, method, g, ids):
                 self.stats.parts_reused += 1
             else:
                 todo.append((g, path))
@@ -449,11 +450,29 @@ class Runner:
             raise ConfigError(f"autocast must be off, bf16 or fp16, got {self.cfg.autocast!r}")
         return torch.autocast(device_type="cuda", dtype=dtype)
 
-    def _reuse_part(self, path: Path, ds: str, model: str, method: str, metrics: list[str],
+    def _method_record(self, method: str) -> dict[str, Any]:
+        """What run.json records of a method: the inputs that decide its attributions."""
+        entry = self.suite.method_entry(method)
+        overrides = self.cfg.method_overrides(method)
+        return {"base": entry.name, "params": method_params(entry, overrides),
+                "postprocess": list(overrides.get("postprocess", entry.meta.get("postprocess", ())))}
+
+    def _reuse_part(self, path: Path, ds: str, model: str, method: str, group: list[Metric],
                     ids: list[str]) -> bool:
-        """Take this part's rows from a baseline results directory when it has all of them."""
+        """Take this part's rows from a baseline results directory when it has all of them,
+        computed with the same method, metric, dataset and model parameters, seed and target
+        (as its run.json records them); anything else is recomputed."""
+        want = {
+            "method": self._method_record(method),
+            "metrics": {m.name: m.manifest() for m in group},
+            "context": {"seed": self.cfg.seed, "target": self.cfg.target,
+                        "dataset": self.cfg.dataset_params.get(ds, {}),
+                        "model": self.cfg.model_params.get(model, {})},
+        }
         for base in self.reuse_from:
-            found = base.rows(ds, model, method, metrics, ids)
+            if not base.same_setup(ds, model, method, want):
+                continue
+            found = base.rows(ds, model, method, [m.name for m in group], ids)
             if found is not None:
                 self.store.write_part(path, *found)
                 return True
@@ -521,11 +540,7 @@ class Runner:
             "environment": environment_info(self.device),
             "datasets": self.dataset_info,
             "models": self.model_info,
-            "methods": {m: {"base": self.suite.method_entry(m).name,
-                            "params": method_params(self.suite.method_entry(m), self.cfg.method_overrides(m)),
-                            "postprocess": list(self.cfg.method_overrides(m).get(
-                                "postprocess", self.suite.method_entry(m).meta.get("postprocess", ()))),
-                            "paper": self.suite.method_entry(m).meta.get("paper", "")}
+            "methods": {m: {**self._method_record(m), "paper": self.suite.method_entry(m).meta.get("paper", "")}
                         for m in self.suite.methods},
             "metrics": {m.name: {**m.manifest(),
                                  "higher_is_better": self.suite.metric_entry(m.name).meta["higher_is_better"]}
@@ -549,17 +564,36 @@ class BaselineResults:
     """Stored ``scores.csv`` / ``curves.csv`` of an earlier run, served as result parts.
 
     ``compare`` and reruns against a committed baseline reuse rows from here: a part is
-    reused only when every (metric, sample) row it needs is present.
+    reused only when the baseline's run.json shows the same setup (:meth:`same_setup`) and
+    every (metric, sample) row it needs is present.
     """
 
     def __init__(self, root: Path) -> None:
         from saliencybench.benchmark.store import read_curves, read_scores
 
         self.root = Path(root)
+        manifest_path = self.root / "run.json"
+        self.manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
         scores = read_scores(self.root)
         curves = read_curves(self.root)
         self._scores = {k: g for k, g in scores.groupby(["dataset", "model", "method"], sort=False)}
         self._curves = {k: g for k, g in curves.groupby(["dataset", "model", "method"], sort=False)} if len(curves) else {}
+
+    def same_setup(self, ds: str, model: str, method: str, want: dict[str, Any]) -> bool:
+        """True when the baseline computed ``method`` with the parameters in ``want`` (method
+        record, metric manifests, seed / target / dataset / model parameters)."""
+        m = self.manifest
+        if not m:
+            return False
+        cfg = m.get("config", {})
+        have = {
+            "method": {k: m.get("methods", {}).get(method, {}).get(k) for k in want["method"]},
+            "metrics": {name: {k: v for k, v in m.get("metrics", {}).get(name, {}).items() if k != "higher_is_better"}
+                        for name in want["metrics"]},
+            "context": {"seed": m.get("seed"), "target": cfg.get("suite", {}).get("target"),
+                        "dataset": cfg.get("datasets", {}).get(ds, {}), "model": cfg.get("models", {}).get(model, {})},
+        }
+        return _canonical(have) == _canonical(want)
 
     def rows(self, ds: str, model: str, method: str, metrics: list[str],
              ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
@@ -572,6 +606,11 @@ class BaselineResults:
         c = self._curves.get((ds, model, method))
         c = c[c["metric"].isin(metrics) & c["sample_id"].isin(ids)] if c is not None else pd.DataFrame()
         return s, c
+
+
+def _canonical(obj: Any) -> Any:
+    """JSON round trip (tuples become lists, keys sorted) so records compare as run.json stores them."""
+    return json.loads(json.dumps(obj, sort_keys=True, default=str))
 
 
 def run_suite(cfg: SuiteConfig, out_dir: Path | str, **kw: Any) -> dict[str, Any]:
