@@ -41,6 +41,7 @@ from saliencybench.attributions.lrp_rules import (
     split_relevance,
 )
 
+from saliencybench.models.layout import fast_layout
 from saliencybench.models.nib import NIBBatchNorm2d  # noqa: E402  (BN without mean/shift, 004)
 
 PASS_TYPES = (
@@ -438,7 +439,7 @@ def lrp_relevance(
             if n.kind == "linear" and _rule_for(n, cfg, len(blocks)).kind == "epsilon":
                 keep_out.add(n.name)
     tr = _Trace()
-    x = x.detach()
+    x = fast_layout(x.detach())  # channels-last on CPU: every conv of both passes runs in NHWC
     with torch.no_grad():
         logits = _forward(nodes, x, tr, keep_out)
         target = torch.as_tensor(target, device=x.device).long().view(-1)
@@ -453,7 +454,7 @@ def lrp_relevance(
         r[rows, target] = init
     sums: dict[str, Tensor] | None = {"output": _per_sample_sum(r)} if record_sums else None
     p = _Pass(cfg, tr, len(blocks), blocks, sums)
-    r = p.run(nodes, r).detach()
+    r = p.run(nodes, r).detach().contiguous()
     nan = torch.full((x.shape[0],), float("nan"), dtype=torch.float64, device=x.device)
     checkpoints = {
         "input": _per_sample_sum(r),

@@ -20,6 +20,7 @@ from saliencybench.attributions.layer import (
     target_scores,
 )
 from saliencybench.benchmark.registry import register_method
+from saliencybench.models.layout import fast_layout
 
 
 def integration_rule(steps: int, method: str = "gausslegendre") -> tuple[Tensor, Tensor]:
@@ -91,7 +92,7 @@ def integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, *, steps: 
         shape = (-1,) + (1,) * (start.ndim - 1)
         points = (base[bi] + alphas[si].view(shape) * delta[bi]).requires_grad_(True)
         if name is None:
-            logits = model(points)
+            logits = model(fast_layout(points))
         else:
             with replace_layer_output(model, name, lambda _out: points):
                 logits = model(x[:1])
