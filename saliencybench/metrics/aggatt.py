@@ -137,9 +137,12 @@ def plot_aggatt(rows: dict[str, Tensor], path: Path, *, percentiles: Sequence[fl
                 ax.set_title(f"{percentiles[c]:g}-{percentiles[c + 1]:g}%", fontsize=8)
             if c == 0:
                 ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    if title:
-        fig.suptitle(title, fontsize=9)
-    fig.tight_layout()
+    top = 1.0
+    if title:  # 0.15 inch from the top edge, with 0.45 inch kept free above the bin titles
+        height = fig.get_figheight()
+        fig.suptitle(title, fontsize=9, y=1 - 0.15 / height, va="top")
+        top = 1 - 0.45 / height
+    fig.tight_layout(rect=(0, 0, 1, top))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
