@@ -24,7 +24,8 @@ The "signed" merge of the plain rules is the standard LRP sum rule (zennit's ``N
 before it (``canonize_bn``, zennit's ``MergeBatchNorm``): without the fold the epsilon rule
 divides by the pre-BN conv output and its relevance explodes on BN networks. ``lrp_resnet*``
 keep the paper's rule, BatchNorm passes relevance unchanged (001 §3.1). Heat Quantization is
-the shared ``quantize:8`` post-processing step (:func:`saliencybench.attributions.postprocess.heat_quantize`).
+the shared ``quantize:8`` post-processing step
+(:func:`saliencybench.attributions.postprocess.heat_quantize`).
 """
 
 from __future__ import annotations

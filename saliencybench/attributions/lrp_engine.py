@@ -260,7 +260,11 @@ def _folded_proxy(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
     return proxy
 
 
-def _forward(nodes: list[Node], h: Tensor, tr: _Trace, keep_out: set[str]) -> Tensor:
+def _forward(nodes: list[Node], h: Tensor, tr: _Trace, keep_out: set[str],
+             canon: frozenset[str] = frozenset()) -> Tensor:
+    """Run the traced model. ``keep_out``: linear nodes whose output the epsilon rule reuses
+    (their BN is applied separately unless the node is in ``canon``, where the rule itself sees
+    the folded conv + BN, so the folded output is the one to keep)."""
     skip_bn: nn.Module | None = None
     for n in nodes:
         if skip_bn is not None and n.module is skip_bn:
@@ -272,7 +276,7 @@ def _forward(nodes: list[Node], h: Tensor, tr: _Trace, keep_out: set[str]) -> Te
                 h = h.flatten(1)
             tr.inputs[n.name] = h
             m = n.module
-            if n.fold_bn is not None and not n.fold_bn.training and n.name not in keep_out:
+            if n.fold_bn is not None and not n.fold_bn.training and (n.name not in keep_out or n.name in canon):
                 w, b = _folded_params(m, n.fold_bn)
                 h = torch.nn.functional.conv2d(h, w, b, m.stride, m.padding, m.dilation, m.groups)
                 skip_bn = n.fold_bn
@@ -292,8 +296,8 @@ def _forward(nodes: list[Node], h: Tensor, tr: _Trace, keep_out: set[str]) -> Te
             h = h.flatten(1)
         elif n.kind == "block":
             x = h
-            h_main = _forward(n.main, x, tr, keep_out)
-            h_skip = x if n.skip is None else _forward(n.skip, x, tr, keep_out)
+            h_main = _forward(n.main, x, tr, keep_out, canon)
+            h_skip = x if n.skip is None else _forward(n.skip, x, tr, keep_out, canon)
             tr.merges[n.name] = (h_skip, h_main)
             h = torch.relu(h_skip + h_main)
     return h
@@ -333,6 +337,13 @@ def _rule_for(n: Node, cfg: LRPConfig, n_blocks: int) -> LayerRule:
     return eps if n.stage > cfg.switch_block else zplus
 
 
+def _folds_bn(n: Node, rule: LayerRule, cfg: LRPConfig) -> bool:
+    """Whether the rule of linear node ``n`` sees its conv and the eval-mode BN after it as one
+    folded conv (``LRPConfig.canonize_bn``)."""
+    wanted = cfg.canonize_bn is True or (cfg.canonize_bn == "epsilon" and rule.kind == "epsilon")
+    return wanted and n.fold_bn is not None and not n.fold_bn.training
+
+
 def _per_sample_sum(r: Tensor) -> Tensor:
     return r.detach().flatten(1).sum(1, dtype=torch.float64)
 
@@ -353,12 +364,9 @@ class _Pass:
         for n in reversed(nodes):
             if n.kind == "linear":
                 rule = _rule_for(n, self.cfg, self.n_blocks)
-                fold = self.cfg.canonize_bn is True or (self.cfg.canonize_bn == "epsilon" and rule.kind == "epsilon")
-                if fold and n.fold_bn is not None and not n.fold_bn.training:
-                    # conv + BN as one linear map (zennit's BN canonizer); BN then passes R
-                    r = linear_relevance(_folded_proxy(n.module, n.fold_bn), self.tr.inputs[n.name], r, rule, None)
-                else:
-                    r = linear_relevance(n.module, self.tr.inputs[n.name], r, rule, self.tr.outputs.get(n.name))
+                # folded: conv + BN as one linear map (zennit's BN canonizer); BN then passes R
+                module = _folded_proxy(n.module, n.fold_bn) if _folds_bn(n, rule, self.cfg) else n.module
+                r = linear_relevance(module, self.tr.inputs[n.name], r, rule, self.tr.outputs.get(n.name))
                 if n.name in self.tr.shapes:
                     r = r.reshape(self.tr.shapes[n.name])
             elif n.kind == "pool":
@@ -430,18 +438,21 @@ def lrp_relevance(
         _NODES[model] = nodes
     _verify_trace(model, nodes, x)
     blocks = iter_blocks(nodes)
-    keep_out = set()
-    if cfg.rule in ("epsilon", "mixture"):
-        stack = list(nodes)
-        while stack:
-            n = stack.pop()
-            stack.extend(n.main + (n.skip or []))
-            if n.kind == "linear" and _rule_for(n, cfg, len(blocks)).kind == "epsilon":
+    keep_out, canon = set(), set()
+    stack = list(nodes)
+    while stack:
+        n = stack.pop()
+        stack.extend(n.main + (n.skip or []))
+        if n.kind == "linear":
+            rule = _rule_for(n, cfg, len(blocks))
+            if rule.kind == "epsilon":
                 keep_out.add(n.name)
+            if _folds_bn(n, rule, cfg):
+                canon.add(n.name)
     tr = _Trace()
     x = fast_layout(x.detach())  # channels-last on CPU: every conv of both passes runs in NHWC
     with torch.no_grad():
-        logits = _forward(nodes, x, tr, keep_out)
+        logits = _forward(nodes, x, tr, keep_out, frozenset(canon))
         target = torch.as_tensor(target, device=x.device).long().view(-1)
         rows = torch.arange(x.shape[0], device=x.device)
         if initial_relevance is not None:
