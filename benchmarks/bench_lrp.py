@@ -1,4 +1,5 @@
-"""Speed of lrp_resnet on torchvision ResNet50 (random init), batch 8 at 224x224.
+"""Speed of lrp_resnet on torchvision ResNet50 (random init), batch 8 at 224x224, on CUDA when
+available, else on the CPU.
 
 Compares, on the same batch and in one run: a plain input-gradient (saliency), our
 ``lrp_resnet`` (raw relevance, as the method returns it), and zennit's EpsilonPlusFlat
@@ -17,14 +18,15 @@ from saliencybench.attributions.lrp import lrp
 from saliencybench.benchmark.registry import METHODS
 
 _TIMES: dict[str, float] = {}
+DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 
 @pytest.fixture(scope="module")
 def setup():
     torch.manual_seed(0)
-    model = torchvision.models.resnet50(weights=None).eval()
-    x = torch.randn(8, 3, 224, 224)
-    t = torch.arange(8)
+    model = torchvision.models.resnet50(weights=None).eval().to(DEVICE)
+    x = torch.randn(8, 3, 224, 224).to(DEVICE)
+    t = torch.arange(8, device=DEVICE)
     yield model, x, t
     if {"saliency", "lrp_resnet"} <= set(_TIMES):
         print(f"\nlrp_resnet / saliency = {_TIMES['lrp_resnet'] / _TIMES['saliency']:.2f}x")
@@ -51,14 +53,24 @@ def _zennit(model, x, t):
 
     comp = EpsilonPlusFlat(canonizers=[ResNetCanonizer()])
     with Gradient(model=model, composite=comp) as attributor:
-        _, rel = attributor(x, torch.eye(1000)[t])
+        _, rel = attributor(x, torch.eye(1000, device=x.device)[t])
     return rel
+
+
+def _synced(fn):
+    def run(*args):
+        out = fn(*args)
+        if DEVICE == "cuda":
+            torch.cuda.synchronize()
+        return out
+    return run
 
 
 @pytest.mark.parametrize("name,fn", [("saliency", _saliency), ("lrp_resnet", _lrp_resnet), ("zennit", _zennit)])
 def test_bench_resnet50_b8_224(benchmark, setup, name, fn):
     model, x, t = setup
-    fn(model, x, t)  # warm-up (tracing, weight caches)
+    fn = _synced(fn)
+    fn(model, x, t)  # warm-up (tracing, weight caches, cuDNN autotuning)
     out = benchmark.pedantic(fn, args=(model, x, t), rounds=3, iterations=1)
     assert out.shape == x.shape and torch.isfinite(out).all()
     _TIMES[name] = benchmark.stats.stats.median

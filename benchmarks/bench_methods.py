@@ -24,6 +24,7 @@ from saliencybench.attributions.base import compute_attribution
 warnings.filterwarnings("ignore")
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 N_MASKS = 500
+WARMUP = 1 if DEVICE == "cuda" else 0  # cuDNN picks its kernels on first use of a shape
 
 
 def _sync() -> None:
@@ -53,7 +54,7 @@ def _run(fn):
 def test_occlusion_ours(benchmark, setup):
     model, x, t = setup
     benchmark.pedantic(_run(lambda: compute_attribution(
-        "occlusion", model, x, t, params={"window": 16, "stride": 8})), rounds=3, iterations=1)
+        "occlusion", model, x, t, params={"window": 16, "stride": 8})), rounds=3, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="occlusion")
@@ -63,7 +64,8 @@ def test_occlusion_captum(benchmark, setup):
     model, x, t = setup
     occ = Occlusion(model)
     benchmark.pedantic(_run(lambda: occ.attribute(
-        x, target=t, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8))), rounds=3, iterations=1)
+        x, target=t, sliding_window_shapes=(3, 16, 16), strides=(3, 8, 8))),
+        rounds=3, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="integrated_gradients")
@@ -71,7 +73,7 @@ def test_ig_ours(benchmark, setup):
     model, x, t = setup
     benchmark.pedantic(_run(lambda: compute_attribution(
         "integrated_gradients", model, x, t, params={"steps": 50, "internal_batch_size": 200})),
-        rounds=3, iterations=1)
+        rounds=3, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="integrated_gradients")
@@ -80,7 +82,8 @@ def test_ig_captum(benchmark, setup):
 
     model, x, t = setup
     ig = IntegratedGradients(model)
-    benchmark.pedantic(_run(lambda: ig.attribute(x, target=t, n_steps=50)), rounds=3, iterations=1)
+    benchmark.pedantic(_run(lambda: ig.attribute(x, target=t, n_steps=50)),
+                       rounds=3, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="scorecam")
@@ -88,7 +91,7 @@ def test_scorecam_ours(benchmark, setup):
     model, x, t = setup
     benchmark.pedantic(_run(lambda: compute_attribution(
         "scorecam", model, x[:2], t[:2], params={"layer": "layer4", "internal_batch_size": 256})),
-        rounds=2, iterations=1)
+        rounds=2, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="scorecam")
@@ -103,7 +106,7 @@ def test_scorecam_pytorch_grad_cam(benchmark, setup):
         with ScoreCAM(model=model, target_layers=[model.layer4]) as cam:
             return cam(input_tensor=x[:2], targets=targets)
 
-    benchmark.pedantic(_run(run), rounds=2, iterations=1)
+    benchmark.pedantic(_run(run), rounds=2, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="rise")
@@ -111,7 +114,8 @@ def test_rise_ours(benchmark, setup):
     model, x, t = setup
     benchmark.extra_info["images"] = x.shape[0] * N_MASKS
     benchmark.pedantic(_run(lambda: compute_attribution(
-        "rise", model, x, t, params={"n_masks": N_MASKS}, seeds=[0, 1, 2, 3])), rounds=2, iterations=1)
+        "rise", model, x, t, params={"n_masks": N_MASKS}, seeds=[0, 1, 2, 3])),
+        rounds=2, iterations=1, warmup_rounds=WARMUP)
 
 
 @pytest.mark.benchmark(group="rise")
@@ -130,4 +134,4 @@ def test_rise_plain_forward_same_images(benchmark, setup):
             model(batch)
 
     benchmark.extra_info["images"] = n
-    benchmark.pedantic(_run(run), rounds=2, iterations=1)
+    benchmark.pedantic(_run(run), rounds=2, iterations=1, warmup_rounds=WARMUP)

@@ -117,3 +117,20 @@ def test_report_draws_fig7_from_stored_curves(tmp_path):
     curves.to_csv(tmp_path / "curves.csv", index=False)
     paths = ConservationError.report(tmp_path, pd.DataFrame(), None)
     assert len(paths) == 1 and paths[0].stat().st_size > 1000
+
+
+def test_conservation_ignores_the_runners_autocast():
+    """The runner's --autocast wraps metric forwards; conservation_error recomputes LRP and
+    f(x) - f(baseline) in the model's precision regardless (on CUDA, LRP under bf16 autocast
+    failed with a dtype error). CPU autocast exercises the same switch."""
+    model = _resnet18()
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([0, 1])
+    for name in ("lrp_resnet", "integrated_gradients"):
+        e = METHODS.get(name)
+        ctx = lambda: _ctx(model, x, t, name, {**e.meta, "params": dict(e.meta["defaults"])})  # noqa: E731
+        want = ConservationError().evaluate(ctx(), torch.zeros(2, 1, 32, 32))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            got = ConservationError().evaluate(ctx(), torch.zeros(2, 1, 32, 32))
+        assert got.curve.dtype == want.curve.dtype
+        torch.testing.assert_close(got.values, want.values)
+        torch.testing.assert_close(got.curve, want.curve, equal_nan=True)

@@ -198,6 +198,21 @@ def test_heat_quantization_levels_and_floor_formula(q):
     assert torch.equal(heat_quantize(const, q), const)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_heat_quantization_puts_the_maximum_on_the_top_level(dtype):
+    """(max - min) / step rounds to just below Q - 1 for ~8% of random maps; floor() then left
+    the maximum one level down (found as a batch-vs-single difference of lrp_resnet)."""
+    g = torch.Generator().manual_seed(0)
+    scales = 10.0 ** torch.randint(-20, 20, (500, 1, 1, 1), generator=g).to(dtype)
+    a = torch.randn(500, 1, 8, 8, generator=g, dtype=dtype) * scales
+    out = heat_quantize(a, 8)
+    lo, hi = a.flatten(1).min(1).values, a.flatten(1).max(1).values
+    top = lo + 7 * ((hi - lo) / 7)
+    assert torch.equal(out.flatten(1).max(1).values, top)
+    argmax = a.flatten(1).argmax(1)
+    assert torch.equal(out.flatten(1).gather(1, argmax[:, None]).squeeze(1), top)
+
+
 def test_lrp_resnet_registry_applies_quantization():
     model = _resnet("resnet18", torch.float32)
     x = torch.randn(2, 3, 32, 32)
@@ -214,8 +229,9 @@ def test_attribution_is_linear_in_initial_relevance():
     model = _resnet("resnet18", torch.float64)
     x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
     t = torch.tensor([4, 2])
-    r1 = lrp_relevance(model, x, t, initial_relevance=torch.tensor([1.0, 1.0])).relevance
-    r2 = lrp_relevance(model, x, t, initial_relevance=torch.tensor([2.5, -0.3])).relevance
+    # unit_pass=False: the pass itself runs at the given scale, so this tests the rules
+    r1 = lrp_relevance(model, x, t, initial_relevance=torch.tensor([1.0, 1.0]), unit_pass=False).relevance
+    r2 = lrp_relevance(model, x, t, initial_relevance=torch.tensor([2.5, -0.3]), unit_pass=False).relevance
     # Linear up to rounding. The first conv applies Eq. 2 (W+ x) to the signed normalised
     # image, where W+ x can come close to 0, so rounding is amplified there (~1e-8 of the
     # map's scale measured in float64 for a negative factor); hence a scale-relative bound.
@@ -223,6 +239,42 @@ def test_attribution_is_linear_in_initial_relevance():
     assert (r2[0] - 2.5 * r1[0]).abs().max() < 1e-7 * scale
     assert (r2[1] + 0.3 * r1[1]).abs().max() < 1e-7 * scale
     assert torch.allclose(r2.sum((1, 2, 3)), torch.tensor([2.5, -0.3], dtype=torch.float64), rtol=1e-7)
+
+
+@pytest.mark.parametrize("method", ["lrp_epsilon", "lrp_zplus", "lrp_resnet", "lrp_resnet_symmetric",
+                                    "lrp_resnet_ratio_noidentity", "lrp_resnet_mixture"])
+def test_unit_pass_equals_the_pass_at_the_initial_scale(method):
+    """The default unit pass (relevance 1 at the target, scaled back afterwards) gives the map,
+    checkpoints and per-node sums of the pass run at the initial relevance's own scale."""
+    model = _resnet("resnet18", torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64)
+    t = torch.tensor([4, 2])
+    params = {k: v for k, v in METHODS.get(method).meta["defaults"].items() if k not in ("postprocess", "quantize")}
+    a = lrp_relevance(model, x, t, record_sums=True, unit_pass=True, **params)
+    b = lrp_relevance(model, x, t, record_sums=True, unit_pass=False, **params)
+    scale = b.relevance.abs().max()
+    assert (a.relevance - b.relevance).abs().max() <= 1e-9 * scale
+    for k in b.checkpoints:
+        torch.testing.assert_close(a.checkpoints[k], b.checkpoints[k], rtol=1e-9, atol=0, equal_nan=True)
+    assert a.layer_sums.keys() == b.layer_sums.keys()
+    for k in b.layer_sums:
+        torch.testing.assert_close(a.layer_sums[k], b.layer_sums[k], rtol=1e-8,
+                                   atol=1e-12 * float(b.initial.abs().max()))
+
+
+def test_tiny_probability_keeps_the_pass_out_of_subnormals():
+    """A target with softmax probability ~1e-30 (untrained nets, wrong targets): the map is the
+    unit map times p, with full float32 precision, and no propagated value is subnormal."""
+    model = _resnet("resnet18", torch.float32)
+    x = torch.randn(2, 3, 32, 32)
+    t = torch.tensor([4, 2])
+    p = torch.tensor([1e-30, 3e-36])
+    unit = lrp_relevance(model, x, t, initial_relevance=torch.ones(2), rule="zplus").relevance
+    got = lrp_relevance(model, x, t, initial_relevance=p, rule="zplus").relevance
+    torch.testing.assert_close(got, unit * p.view(-1, 1, 1, 1), rtol=1e-6, atol=0)
+    old = lrp_relevance(model, x, t, initial_relevance=p, rule="zplus", unit_pass=False).relevance
+    tiny = torch.finfo(torch.float32).tiny
+    assert ((old != 0) & (old.abs() < tiny)).any()  # the direct pass does reach subnormals
 
 
 def test_batch_equals_single_samples():

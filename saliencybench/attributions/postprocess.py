@@ -80,6 +80,9 @@ def heat_quantize(a: Tensor, levels: int = 8) -> Tensor:
     step = (hi - lo) / (levels - 1)
     safe = torch.where(step > 0, step, torch.ones_like(step))
     q = torch.floor((a - lo) / safe).clamp_(0, levels - 1)
+    # (max - min) / step can round to just below Q - 1 (and differ between a batched and a
+    # single call): the maximum is put on the top level explicitly.
+    q = torch.where(a >= hi, torch.full_like(q, levels - 1), q)
     return torch.where(step > 0, lo + q * safe, a)
 
 

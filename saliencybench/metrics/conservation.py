@@ -87,11 +87,14 @@ class ConservationError(Metric):
         kind = ctx.method_meta.get("conservation")
         params = dict(ctx.method_meta.get("params", ctx.method_meta.get("defaults", {})) or {})
         params.pop("postprocess", None)
-        if kind == "lrp":
-            return self._lrp(ctx, params)
-        if kind == "completeness":
-            return self._completeness(ctx, params)
-        raise ValueError(f"conservation_error does not apply to method '{ctx.method}'")
+        if kind not in ("lrp", "completeness"):
+            raise ValueError(f"conservation_error does not apply to method '{ctx.method}'")
+        # Conservation is a property of the method's arithmetic: it recomputes the attribution
+        # and f(x) - f(baseline) in the model's own precision, also under the runner's
+        # --autocast (which is meant for the perturbation curves' forwards; LRP in bf16 would
+        # both fail and measure bf16 rounding instead of the rule).
+        with torch.autocast(device_type=ctx.batch.x.device.type, enabled=False):
+            return self._lrp(ctx, params) if kind == "lrp" else self._completeness(ctx, params)
 
     def _lrp(self, ctx: EvalContext, params: dict[str, Any]) -> MetricOutput:
         from saliencybench.attributions.lrp import lrp_resnet_with_checkpoints

@@ -39,6 +39,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saliencybench.models.precision import exact_fp32
+
 SETTINGS = ("gridpg", "difull", "dipart")
 
 _POOL_NAMES = ("avgpool", "pool", "global_pool", "gap")
@@ -253,9 +255,10 @@ class GridSetting(nn.Module):
         return out
 
     def check_against(self, model: nn.Module, cell_size: Sequence[int]) -> None:
-        """Backbone + head on one cell must equal the base model (tolerance 1e-4 relative)."""
+        """Backbone + head on one cell must equal the base model (tolerance 1e-4 relative; no TF32
+        on CUDA, :func:`exact_fp32`)."""
         p = next(model.parameters())
-        with torch.no_grad():
+        with torch.no_grad(), exact_fp32():
             probe = torch.randn(2, self._in_channels(model), int(cell_size[0]), int(cell_size[1]),
                                 generator=torch.Generator().manual_seed(0)).to(p.device, p.dtype)
             ref = model(probe)
