@@ -8,6 +8,18 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+# Cheaper settings for expensive methods (same code paths, fewer steps / samples).
+FAST = {
+    "integrated_gradients": {"steps": 6},
+    "s_intgrad": {"steps": 6},
+    "smoothgrad": {"n_samples": 3},
+    "guided_ig": {"steps": 3},
+    "dga": {"steps": 3},
+    "dga_w": {"steps": 3},
+    "dga_e": {"steps": 3},
+    "rise": {"n_masks": 32},
+}
+
 
 class TinyResNet(nn.Module):
     """conv-BN-ReLU, max-pool, two torchvision Bottlenecks (projection skip, then identity

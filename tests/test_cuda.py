@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import torch
 
-from methods_helpers import assert_same_state, model_state, tiny_resnet
+from methods_helpers import FAST, assert_same_state, model_state, tiny_resnet
 from saliencybench.attributions.base import NotApplicableError, compute_attribution
 from saliencybench.benchmark.config import config_from_dict
 from saliencybench.benchmark.registry import METHODS
@@ -24,16 +24,6 @@ from saliencybench.models.precision import exact_fp32
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-FAST = {
-    "integrated_gradients": {"steps": 6},
-    "s_intgrad": {"steps": 6},
-    "smoothgrad": {"n_samples": 3},
-    "guided_ig": {"steps": 3},
-    "dga": {"steps": 3},
-    "dga_w": {"steps": 3},
-    "dga_e": {"steps": 3},
-    "rise": {"n_masks": 32},
-}
 BUILTIN = [e.name for e in METHODS if getattr(e.obj, "__module__", "").startswith("saliencybench.")]
 NEEDS = {"gradient", "forward", "layer"}
 

@@ -12,22 +12,13 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods_helpers import assert_same_state, model_state, tiny_resnet
+from methods_helpers import FAST, assert_same_state, model_state, tiny_resnet
 from saliencybench.attributions.base import NotApplicableError, compute_attribution, method_params
 from saliencybench.benchmark.registry import METHODS
 
-# Cheaper settings for expensive methods (same code paths, fewer steps / samples).
-FAST = {
-    "integrated_gradients": {"steps": 6},
-    "s_intgrad": {"steps": 6},
-    "smoothgrad": {"n_samples": 3},
-    "guided_ig": {"steps": 3},
-    "dga": {"steps": 3},
-    "dga_w": {"steps": 3},
-    "dga_e": {"steps": 3},
-    "rise": {"n_masks": 32},
-}
 SUPPORTED_NEEDS = {"gradient", "forward", "layer"}
+
+
 def _builtin(entry) -> bool:
     """Methods implemented in the package (test modules register deliberately broken toys)."""
     return getattr(entry.obj, "__module__", "").startswith("saliencybench.")
