@@ -5,7 +5,7 @@ Run: ``python -m pytest benchmarks/bench_perturbation.py --benchmark-only -q``
 Settings shared by both sides: 8 images 3x48x48 in [0,1] with a black pixel (so Quantus's
 "black" = per-sample minimum = 0 = our black), identity normalisation, a random tie-free
 (B,1,H,W) map, 48 pixels per step (Quantus: ``features_in_step = 3 * 48``, 48 curve points after
-the first step), softmax of the label, one CPU model.
+the first step), softmax of the label, one model.
 
 - ``morf``: our MoRF vs Quantus ``PixelFlipping`` (target ratio <= 1.0).
 - ``bundle``: our insertion + deletion + lerf + morf in one group (two curves of forwards) vs

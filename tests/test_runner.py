@@ -209,3 +209,27 @@ def test_postprocess_aliases_share_one_method_call(toy_cfg, tmp_path):
     a = s[(s.method == "toy_counted") & (s.metric == "toy_mean")]["value"].to_numpy()
     b = s[(s.method == "toy_counted_k5") & (s.metric == "toy_mean")]["value"].to_numpy()
     assert not np.allclose(a, b)  # the smoothing was applied
+
+
+def test_no_tf32_runs_in_full_float32_and_restores(toy_cfg, tmp_path, monkeypatch):
+    """Runner(tf32=False) (CLI --no-tf32) switches TF32 off for the whole run (methods and
+    metrics) and restores the global flags afterwards; the default leaves them alone."""
+    from _toy import MeanMap
+
+    seen = []
+    orig = MeanMap.evaluate
+
+    def spy(self, ctx, attribution):
+        seen.append((torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()))
+        return orig(self, ctx, attribution)
+
+    monkeypatch.setattr(MeanMap, "evaluate", spy)
+    before = (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision())
+    run_suite(toy_cfg, tmp_path / "exact", progress=False, tf32=False)
+    assert seen and set(seen) == {(False, "highest")}
+    assert (torch.backends.cudnn.allow_tf32, torch.get_float32_matmul_precision()) == before
+    seen.clear()
+    run_suite(toy_cfg, tmp_path / "default", progress=False)
+    assert set(seen) == {before}
+    a = (tmp_path / "exact" / "scores.csv").read_bytes()
+    assert a == (tmp_path / "default" / "scores.csv").read_bytes()  # CPU: TF32 does not apply

@@ -29,6 +29,7 @@ examples:
 examples:
   saliencybench run
   saliencybench run --suite default --device cuda
+  saliencybench run --suite gridpg-default --device cuda --no-tf32   # CPU-comparable float32 on the GPU
   saliencybench run --config configs/otsuki2024-imagenet.toml --n-samples 1000 --device cuda
   saliencybench run --methods 'saliency,ixg,lrp*' --metrics insertion,deletion,id_score --out runs/lrp
   saliencybench run --plugin my_method.py --methods my_method,gradcam --out runs/mine
@@ -105,6 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--device", choices=["auto", "cpu", "cuda"], help="device (default: the suite's, usually auto)")
     r.add_argument("--seed", type=int, help="global seed")
     r.add_argument("--autocast", choices=["off", "bf16", "fp16"], help="mixed precision for metric forwards (CUDA only)")
+    r.add_argument("--no-tf32", action="store_true",
+                   help="full float32 convolutions / matmuls on CUDA (PyTorch lets cuDNN use TF32 by default)")
     r.add_argument("--out", help="results directory (default: results/<suite>)")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="Python file registering extra methods/metrics (repeatable)")
@@ -230,7 +233,7 @@ def cmd_run(args) -> int:
     default_lb = Path("leaderboard.md") if (cfg.name == "default" and out == Path("results/default")) else out / "leaderboard.md"
     dist = _init_distributed(shard) if args.shard is None and shard is not None else None
     runner = Runner(cfg, out, device=_dist_device(args.device or cfg.device, dist), progress=not args.no_progress,
-                    shard=shard, figures=cfg.figures and not args.no_figures)
+                    shard=shard, figures=cfg.figures and not args.no_figures, tf32=not args.no_tf32)
     if plugins:
         print(f"plugins registered: {', '.join(plugins)}", file=sys.stderr)
     manifest = runner.run()

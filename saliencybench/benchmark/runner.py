@@ -9,6 +9,7 @@ and `compare` reuses every part it already has. No metric recomputes an attribut
 
 from __future__ import annotations
 
+import contextlib
 import json
 import platform
 import subprocess
@@ -46,6 +47,7 @@ from saliencybench.benchmark.store import (
 )
 from saliencybench.benchmark.types import Batch, EvalContext, MetricOutput, SampleSet
 from saliencybench.metrics.base import Metric
+from saliencybench.models.precision import exact_fp32
 
 
 @dataclass
@@ -144,7 +146,7 @@ def git_sha() -> str | None:
         return None
 
 
-def environment_info(device: torch.device) -> dict[str, Any]:
+def environment_info(device: torch.device, *, tf32: bool = True) -> dict[str, Any]:
     import torchvision
 
     info = {
@@ -160,6 +162,7 @@ def environment_info(device: torch.device) -> dict[str, Any]:
     }
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
+        info["tf32"] = bool(tf32 and torch.backends.cudnn.allow_tf32)
     return info
 
 
@@ -236,8 +239,12 @@ class Runner:
     def __init__(self, cfg: SuiteConfig, out_dir: Path, *, device: str | None = None,
                  progress: bool = True, shard: tuple[int, int] | None = None,
                  cache_dir: Path | None = None, reuse_from: Sequence[Path] = (),
-                 figures: bool | None = None) -> None:
+                 figures: bool | None = None, tf32: bool = True) -> None:
+        """``tf32=False`` runs every float32 convolution and matrix product on CUDA in full
+        float32 (:func:`exact_fp32`); PyTorch's default lets cuDNN use TF32, which moves some
+        scores at the 1e-2 level (measured: GridPG localization of smoothed signed maps)."""
         self.cfg = cfg
+        self.tf32 = tf32
         self.suite = resolve_suite(cfg)
         self.out = Path(out_dir)
         self.device = resolve_device(device or cfg.device)
@@ -286,9 +293,10 @@ class Runner:
         t0 = time.time()
         self.store.clean_temporaries()
         metrics = self._metric_instances()
-        for ds_name in self.suite.datasets:
-            for model_spec in self.suite.models:
-                self._run_pair(ds_name, model_spec, metrics)
+        with contextlib.nullcontext() if self.tf32 else exact_fp32():
+            for ds_name in self.suite.datasets:
+                for model_spec in self.suite.models:
+                    self._run_pair(ds_name, model_spec, metrics)
         scores, _ = self.store.merge()
         manifest = self._manifest(metrics, time.time() - t0, scores)
         write_json(self.out / "run.json", manifest)
@@ -537,7 +545,7 @@ class Runner:
             "seed": self.cfg.seed,
             "device": str(self.device),
             "shard": list(self.shard) if self.shard else None,
-            "environment": environment_info(self.device),
+            "environment": environment_info(self.device, tf32=self.tf32),
             "datasets": self.dataset_info,
             "models": self.model_info,
             "methods": {m: {**self._method_record(m), "paper": self.suite.method_entry(m).meta.get("paper", "")}
