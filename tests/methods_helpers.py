@@ -8,6 +8,17 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
+# What the small test models offer; methods needing more are skipped on them.
+SUPPORTED_NEEDS = {"gradient", "forward", "layer"}
+
+
+def builtin_methods() -> list[str]:
+    """Registered methods implemented in the package (test modules register deliberately broken toys)."""
+    from saliencybench.benchmark.registry import METHODS
+
+    return [e.name for e in METHODS if getattr(e.obj, "__module__", "").startswith("saliencybench.")]
+
+
 # Cheaper settings for expensive methods (same code paths, fewer steps / samples).
 FAST = {
     "integrated_gradients": {"steps": 6},

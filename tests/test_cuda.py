@@ -14,18 +14,15 @@ import numpy as np
 import pytest
 import torch
 
-from methods_helpers import FAST, assert_same_state, model_state, tiny_resnet
+from methods_helpers import FAST, SUPPORTED_NEEDS, assert_same_state, builtin_methods, model_state, tiny_resnet
 from saliencybench.attributions.base import NotApplicableError, compute_attribution
 from saliencybench.benchmark.config import config_from_dict
 from saliencybench.benchmark.registry import METHODS
 from saliencybench.benchmark.runner import run_suite
 from saliencybench.benchmark.store import read_scores
-from saliencybench.models.precision import exact_fp32
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
-BUILTIN = [e.name for e in METHODS if getattr(e.obj, "__module__", "").startswith("saliencybench.")]
-NEEDS = {"gradient", "forward", "layer"}
 
 
 def _inputs(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
@@ -33,9 +30,9 @@ def _inputs(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.randn(n, 3, 32, 32, generator=g, dtype=torch.float64), torch.arange(n) % 5
 
 
-@pytest.mark.parametrize("name", BUILTIN)
+@pytest.mark.parametrize("name", builtin_methods())
 def test_method_on_cuda_equals_cpu(name: str) -> None:
-    if set(METHODS.get(name).meta.get("needs", ())) - NEEDS:
+    if set(METHODS.get(name).meta.get("needs", ())) - SUPPORTED_NEEDS:
         pytest.skip(f"{name} needs more than the test model offers")
     cpu_model = tiny_resnet().double()
     x, t = _inputs()
@@ -92,8 +89,7 @@ def test_suite_on_cuda_matches_cpu(tmp_path) -> None:
     """
     cfg = config_from_dict(copy.deepcopy(SUITE))
     run_suite(cfg, tmp_path / "cpu", device="cpu", progress=False)
-    with exact_fp32():
-        run_suite(cfg, tmp_path / "gpu", device="cuda", progress=False)
+    run_suite(cfg, tmp_path / "gpu", device="cuda", progress=False, tf32=False)  # as `run --no-tf32`
     keys = ["dataset", "model", "method", "metric", "sample_id"]
     a = read_scores(tmp_path / "cpu").set_index(keys).sort_index()
     b = read_scores(tmp_path / "gpu").set_index(keys).sort_index()

@@ -12,19 +12,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from methods_helpers import FAST, assert_same_state, model_state, tiny_resnet
+from methods_helpers import FAST, SUPPORTED_NEEDS, assert_same_state, builtin_methods, model_state, tiny_resnet
 from saliencybench.attributions.base import NotApplicableError, compute_attribution, method_params
 from saliencybench.benchmark.registry import METHODS
 
-SUPPORTED_NEEDS = {"gradient", "forward", "layer"}
-
-
-def _builtin(entry) -> bool:
-    """Methods implemented in the package (test modules register deliberately broken toys)."""
-    return getattr(entry.obj, "__module__", "").startswith("saliencybench.")
-
-
-ALL = [e.name for e in METHODS if _builtin(e)]
+ALL = builtin_methods()
 
 
 def _model(kind: str):
@@ -130,7 +122,7 @@ def test_model_unchanged_when_the_method_raises(name: str) -> None:
 
 
 def test_every_method_has_metadata() -> None:
-    for entry in filter(_builtin, METHODS):
+    for entry in (METHODS.get(n) for n in ALL):
         assert entry.meta["family"], entry.name
         assert entry.meta["paper"], entry.name
         assert isinstance(entry.meta["postprocess"], tuple), entry.name

@@ -448,8 +448,6 @@ class Runner:
 
     def _autocast(self):
         """bf16/fp16 autocast of the metrics' model forwards (CUDA only; off by default)."""
-        import contextlib
-
         mode = str(self.cfg.autocast).lower()
         if mode in ("off", "false", "none", "") or self.device.type != "cuda":
             return contextlib.nullcontext()
