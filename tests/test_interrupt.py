@@ -19,6 +19,14 @@ PLUGIN = str(Path(__file__).with_name("slow_plugin.py"))
 pytestmark = pytest.mark.slow
 
 
+# 24 samples in chunks of 4, batches of 2: toy_slow (the first method) is called 12 times and
+# writes its cache chunk and metric parts between calls, so every kill point below is reached
+# while toy_slow is still to be called again.
+SUITE = TOY_TOML.replace("n_samples = 12", "n_samples = 24").replace("batch_size = 4", "batch_size = 2") \
+    .replace("chunk_size = 8", "chunk_size = 4")
+TIMEOUT = 300  # a guard against a hung child, never a wait for an outcome
+
+
 def _cmd(cfg: Path, out: Path) -> list[str]:
     return [sys.executable, "-m", "saliencybench", "run", "--config", str(cfg), "--plugin", PLUGIN,
             "--methods", "toy_slow,toy_noise,toy_gxi", "--out", str(out), "--no-progress", "--no-figures"]
@@ -29,16 +37,27 @@ def _count(out: Path, pattern: str) -> int:
     return len([p for p in d.rglob(pattern) if ".curves." not in p.name]) if d.is_dir() else 0
 
 
-def _kill_when(cmd, out: Path, pattern: str, n: int, sig: int) -> int:
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and _count(out, pattern) < n:
-        time.sleep(0.02)
-    if proc.poll() is None:
-        proc.send_signal(sig)
-    proc.communicate(timeout=120)
-    return proc.returncode
+def _hold_when(cmd, out: Path, gate: Path, pattern: str, n: int, **popen) -> subprocess.Popen:
+    """Start the run and release toy_slow's calls one at a time until at least ``n`` files
+    matching ``pattern`` exist; return with the run held inside its next toy_slow call."""
+    gate.mkdir()
+    env = dict(os.environ, PYTHONUNBUFFERED="1", SB_TEST_GATE=str(gate))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, **popen)
+    deadline = time.monotonic() + TIMEOUT
+    k = 1
+    while True:
+        while not (gate / f"waiting-{k}").exists():  # the run announces its k-th call
+            if proc.poll() is not None:
+                _, err = proc.communicate()
+                pytest.fail(f"run ended (code {proc.returncode}) before {n} x {pattern}: {err[-2000:]}")
+            if time.monotonic() > deadline:
+                proc.kill()
+                pytest.fail(f"run did not reach toy_slow call {k} in {TIMEOUT} s")
+            time.sleep(0.01)
+        if _count(out, pattern) >= n:
+            return proc
+        (gate / f"go-{k}").touch()
+        k += 1
 
 
 def _assert_parseable(out: Path) -> None:
@@ -54,9 +73,9 @@ def _assert_parseable(out: Path) -> None:
 def reference(tmp_path_factory):
     d = tmp_path_factory.mktemp("ref")
     cfg = d / "toy.toml"
-    cfg.write_text(TOY_TOML)
+    cfg.write_text(SUITE)
     out = d / "out"
-    r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
     return cfg, (out / "scores.csv").read_bytes(), (out / "curves.csv").read_bytes()
 
@@ -66,11 +85,13 @@ def reference(tmp_path_factory):
 def test_sigkill_then_resume_gives_identical_results(reference, tmp_path, pattern, n):
     cfg, ref_scores, ref_curves = reference
     out = tmp_path / "out"
-    code = _kill_when(_cmd(cfg, out), out, pattern, n, signal.SIGKILL)
-    assert code == -signal.SIGKILL
+    proc = _hold_when(_cmd(cfg, out), out, tmp_path / "gate", pattern, n)
+    proc.send_signal(signal.SIGKILL)
+    proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == -signal.SIGKILL
     _assert_parseable(out)
     done_before = _count(out, "*.csv")
-    r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
     assert not list(out.rglob("*.tmp"))  # the resumed run cleaned up after the killed one
     assert (out / "scores.csv").read_bytes() == ref_scores
@@ -83,15 +104,11 @@ def test_sigkill_then_resume_gives_identical_results(reference, tmp_path, patter
 def test_sigint_exits_130_with_resume_hint(reference, tmp_path):
     cfg, ref_scores, _ = reference
     out = tmp_path / "out"
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen(_cmd(cfg, out), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    deadline = time.time() + 240
-    while time.time() < deadline and _count(out, "*.csv") < 1:
-        time.sleep(0.02)
+    proc = _hold_when(_cmd(cfg, out), out, tmp_path / "gate", "*.csv", 1, text=True)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130
+    _, err = proc.communicate(timeout=TIMEOUT)
+    assert proc.returncode == 130, err[-2000:]
     assert "run the same command again to resume" in err
     _assert_parseable(out)
-    r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=300)
+    r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0 and (out / "scores.csv").read_bytes() == ref_scores

@@ -70,8 +70,12 @@ def test_stochastic_method_independent_of_batch_size(toy_cfg, tmp_path):
     run_suite(toy_cfg, tmp_path / "c", progress=False)
     a, b, c = (read_scores(tmp_path / d) for d in "abc")
     na = a[a.method == "toy_noise"]["value"].to_numpy()
-    np.testing.assert_array_equal(na, b[b.method == "toy_noise"]["value"].to_numpy())
-    np.testing.assert_array_equal(na, c[c.method == "toy_noise"]["value"].to_numpy())
+    # The noise maps are drawn per sample, so they are the same whatever the batch; the scores
+    # go through model forwards of other batch shapes, and BLAS kernels may round a float32
+    # sum differently for another shape (3e-8 seen on an Intel Xeon): equal to float32
+    # precision, not bitwise. A batch-dependent draw would give unrelated values.
+    np.testing.assert_allclose(na, b[b.method == "toy_noise"]["value"].to_numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(na, c[c.method == "toy_noise"]["value"].to_numpy(), rtol=1e-5, atol=1e-6)
 
 
 def test_rerun_reuses_everything(toy_cfg, tmp_path):
