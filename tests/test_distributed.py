@@ -32,4 +32,4 @@ def test_torchrun_two_processes_match_single_run(tmp_path):
                          capture_output=True, text=True, timeout=400, env=env)
     assert ddp.returncode == 0, ddp.stderr[-3000:]
     assert (tmp_path / "ddp" / "scores.csv").read_bytes() == (tmp_path / "single" / "scores.csv").read_bytes()
-    assert (tmp_path / "ddp" / "curves.csv").read_bytes() == (tmp_path / "single" / "curves.csv").read_bytes()
+    assert (tmp_path / "ddp" / "curves.csv.gz").read_bytes() == (tmp_path / "single" / "curves.csv.gz").read_bytes()

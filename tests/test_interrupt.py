@@ -77,7 +77,7 @@ def reference(tmp_path_factory):
     out = d / "out"
     r = subprocess.run(_cmd(cfg, out), capture_output=True, text=True, timeout=TIMEOUT)
     assert r.returncode == 0, r.stderr
-    return cfg, (out / "scores.csv").read_bytes(), (out / "curves.csv").read_bytes()
+    return cfg, (out / "scores.csv").read_bytes(), (out / "curves.csv.gz").read_bytes()
 
 
 @pytest.mark.parametrize("pattern,n", [("*.pt", 1), ("*.csv", 1), ("*.csv", 4), ("*.pt", 4)],
@@ -95,7 +95,7 @@ def test_sigkill_then_resume_gives_identical_results(reference, tmp_path, patter
     assert r.returncode == 0, r.stderr
     assert not list(out.rglob("*.tmp"))  # the resumed run cleaned up after the killed one
     assert (out / "scores.csv").read_bytes() == ref_scores
-    assert (out / "curves.csv").read_bytes() == ref_curves
+    assert (out / "curves.csv.gz").read_bytes() == ref_curves
     assert f"{done_before} reused" in r.stdout or done_before == 0
     rows = pd.read_csv(out / "scores.csv")
     assert not rows.duplicated(["method", "metric", "sample_id"]).any()

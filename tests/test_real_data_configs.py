@@ -1,4 +1,4 @@
-"""The paper-reproduction suites in configs/ parse and are internally consistent."""
+"""The paper-reproduction suites (saliencybench/configs/) parse and are internally consistent."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+CONFIGS = Path(__file__).resolve().parents[1] / "saliencybench" / "configs"
 PAPER_SUITES = ["otsuki2024-imagenet", "otsuki2024-cub", "dga2022-pixelflip", "rao2022-gridpg",
                 "lee2021-mia-cifar10"]
 EXPECTED_PAPER_ROWS = {"otsuki2024-imagenet": 39, "otsuki2024-cub": 21, "dga2022-pixelflip": 56,

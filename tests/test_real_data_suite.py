@@ -77,7 +77,7 @@ def test_suite_runs_on_fake_cifar10_with_nib_vgg(tmp_path, monkeypatch):
     import pandas as pd
 
     scores = pd.read_csv(tmp_path / "out" / "scores.csv")
-    curves = pd.read_csv(tmp_path / "out" / "curves.csv")
+    curves = pd.read_csv(tmp_path / "out" / "curves.csv.gz")
     assert (scores["status"] == "ok").all() and len(scores) == 2 * 2 * 10
     mia = curves[curves.metric == "mia"]
     assert sorted(mia["step"].unique()) == [0, 1, 2, 3] and mia["value"].isin([0, 1]).all()

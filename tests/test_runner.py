@@ -32,7 +32,7 @@ def test_run_writes_long_format_results_and_manifest(toy_cfg, tmp_path):
     # 12 samples x 2 methods x 2 metrics
     assert len(scores) == 48
     assert set(scores["status"]) == {"ok"}
-    curves = pd.read_csv(out / "curves.csv")
+    curves = pd.read_csv(out / "curves.csv.gz")
     assert len(curves) == 12 * 2 * 3  # toy_curve has 3 points, toy_mean no curve
     m = json.loads((out / "run.json").read_text())
     assert m["seed"] == 0 and m["device"] == "cpu"
@@ -58,7 +58,7 @@ def test_same_seed_gives_byte_identical_scores(toy_cfg, tmp_path):
     run_suite(toy_cfg, tmp_path / "a", progress=False)
     run_suite(toy_cfg, tmp_path / "b", progress=False)
     assert (tmp_path / "a" / "scores.csv").read_bytes() == (tmp_path / "b" / "scores.csv").read_bytes()
-    assert (tmp_path / "a" / "curves.csv").read_bytes() == (tmp_path / "b" / "curves.csv").read_bytes()
+    assert (tmp_path / "a" / "curves.csv.gz").read_bytes() == (tmp_path / "b" / "curves.csv.gz").read_bytes()
 
 
 def test_stochastic_method_independent_of_batch_size(toy_cfg, tmp_path):
@@ -132,7 +132,7 @@ def test_shards_merge_to_single_run(toy_cfg, tmp_path):
         Runner(toy_cfg, tmp_path / f"s{k}", progress=False, shard=(k, 3)).run()
     assert main(["merge", str(tmp_path / "merged"), *(str(tmp_path / f"s{k}") for k in range(3))]) == 0
     assert (tmp_path / "merged" / "scores.csv").read_bytes() == (tmp_path / "single" / "scores.csv").read_bytes()
-    assert (tmp_path / "merged" / "curves.csv").read_bytes() == (tmp_path / "single" / "curves.csv").read_bytes()
+    assert (tmp_path / "merged" / "curves.csv.gz").read_bytes() == (tmp_path / "single" / "curves.csv.gz").read_bytes()
 
 
 def test_config_errors_name_line_and_key(tmp_path):

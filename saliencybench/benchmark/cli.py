@@ -14,12 +14,15 @@ import textwrap
 from pathlib import Path
 from typing import Sequence
 
+from saliencybench.benchmark.store import CURVES_FILE, RESULT_FILES
+
 EXAMPLES = {
     "main": """
 examples:
-  saliencybench run                                  # default suite -> results/default, leaderboard.md
+  saliencybench run                                  # default suite -> runs/default (+ its leaderboard.md)
   saliencybench run --methods 'grad*,saliency' --models sb_resnet --n-samples 16 --out runs/quick
-  saliencybench run --config configs/gridpg-default.toml
+  saliencybench run --suite gridpg-default
+  saliencybench accept runs/default                  # the one way to update results/ and leaderboard.md
   saliencybench list methods 'lrp*'
   saliencybench leaderboard results/default -o leaderboard.md
   saliencybench compare --plugin examples/my_method.py --suite default
@@ -30,12 +33,14 @@ examples:
   saliencybench run
   saliencybench run --suite default --device cuda
   saliencybench run --suite gridpg-default --device cuda --no-tf32   # CPU-comparable float32 on the GPU
-  saliencybench run --config configs/otsuki2024-imagenet.toml --n-samples 1000 --device cuda
+  saliencybench run --suite otsuki2024-imagenet --n-samples 1000 --device cuda
+  saliencybench run --config my_suite.toml          # any suite file
   saliencybench run --methods 'saliency,ixg,lrp*' --metrics insertion,deletion,id_score --out runs/lrp
   saliencybench run --plugin my_method.py --methods my_method,gradcam --out runs/mine
   saliencybench run --shard 0/4 --out runs/shard0      # cluster job arrays; then `saliencybench merge`
   torchrun --nproc_per_node=2 -m saliencybench run --out runs/ddp
-An interrupted run resumes when the same command is run again: finished parts are kept.
+A run writes to runs/<suite>/ (or --out) and never to the committed results/; an interrupted run
+resumes when the same command is run again: finished parts are kept.
 """,
     "list": """
 examples:
@@ -61,6 +66,12 @@ examples:
   saliencybench check-regression runs/ci --baseline results/default
   saliencybench check-regression runs/ci --baseline results/default --tolerance 0.01 --relative
 Exit code 1 when any mean score moved beyond the tolerance, in either direction.
+""",
+    "accept": """
+examples:
+  saliencybench accept runs/default                   # -> results/default and leaderboard.md
+  saliencybench accept runs/gridpg-default            # -> results/gridpg-default (+ its leaderboard.md)
+  saliencybench accept runs/mine --baseline results/mine --leaderboard results/mine/leaderboard.md
 """,
     "train": """
 examples:
@@ -95,8 +106,9 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("run", help="run a suite (default: the offline default suite)", epilog=EXAMPLES["run"],
                        formatter_class=_fmt("run"))
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--suite", default=None, help="named suite from configs/ (default: default)")
-    src.add_argument("--config", default=None, help="suite TOML file")
+    src.add_argument("--suite", default=None, help="named suite shipped with the package, see `list suites` "
+                     "(default: default)")
+    src.add_argument("--config", default=None, help="suite TOML file (any path)")
     r.add_argument("--methods", help="comma list of methods (wildcards allowed), replaces the suite's")
     r.add_argument("--metrics", help="comma list of metrics (wildcards allowed)")
     r.add_argument("--models", help="comma list of models, e.g. sb_resnet or resnet50:IMAGENET1K_V1")
@@ -108,12 +120,11 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--autocast", choices=["off", "bf16", "fp16"], help="mixed precision for metric forwards (CUDA only)")
     r.add_argument("--no-tf32", action="store_true",
                    help="full float32 convolutions / matmuls on CUDA (PyTorch lets cuDNN use TF32 by default)")
-    r.add_argument("--out", help="results directory (default: results/<suite>)")
+    r.add_argument("--out", help="results directory (default: runs/<suite>)")
     r.add_argument("--plugin", action="append", default=[], metavar="FILE",
                    help="Python file registering extra methods/metrics (repeatable)")
     r.add_argument("--shard", metavar="K/N", help="compute only shard K of N (0-based); combine with `merge`")
-    r.add_argument("--leaderboard", metavar="FILE", help="where to write the leaderboard "
-                   "(default: leaderboard.md for the default suite in results/default, else OUT/leaderboard.md)")
+    r.add_argument("--leaderboard", metavar="FILE", help="where to write the leaderboard (default: OUT/leaderboard.md)")
     r.add_argument("--no-figures", action="store_true", help="skip figures")
     r.add_argument("--no-progress", action="store_true", help="no progress bars")
 
@@ -146,10 +157,12 @@ def build_parser() -> argparse.ArgumentParser:
     cr.add_argument("--tolerance", type=float, default=1e-4, help="absolute (default 1e-4) or relative with --relative")
     cr.add_argument("--relative", action="store_true")
 
-    ac = sub.add_parser("accept", help="make a results directory the new baseline and regenerate its leaderboard")
+    ac = sub.add_parser("accept", help="make a run the committed baseline (results/<suite>) and regenerate its leaderboard",
+                        epilog=EXAMPLES["accept"], formatter_class=_fmt("accept"))
     ac.add_argument("new_dir")
-    ac.add_argument("--baseline", default="results/default")
-    ac.add_argument("--leaderboard", default="leaderboard.md")
+    ac.add_argument("--baseline", help="where the baseline lives (default: results/<suite of the run>)")
+    ac.add_argument("--leaderboard", help="leaderboard to regenerate (default: leaderboard.md for the default suite, "
+                    "else BASELINE/leaderboard.md)")
 
     mg = sub.add_parser("merge", help="merge shard result directories into one")
     mg.add_argument("out")
@@ -229,8 +242,7 @@ def cmd_run(args) -> int:
     plugins = _load_plugins(args.plugin)
     cfg = _suite_config(args)
     shard = _parse_shard(args.shard)
-    out = Path(args.out or f"results/{cfg.name}")
-    default_lb = Path("leaderboard.md") if (cfg.name == "default" and out == Path("results/default")) else out / "leaderboard.md"
+    out = Path(args.out or f"runs/{cfg.name}")
     dist = _init_distributed(shard) if args.shard is None and shard is not None else None
     runner = Runner(cfg, out, device=_dist_device(args.device or cfg.device, dist), progress=not args.no_progress,
                     shard=shard, figures=cfg.figures and not args.no_figures, tf32=not args.no_tf32)
@@ -247,11 +259,15 @@ def cmd_run(args) -> int:
         print(f"shard {shard[0]}/{shard[1]} done: {manifest['rows']} rows in {out}; "
               f"combine with `saliencybench merge OUT {out} ...`")
         return 0
-    lb = _finish(out, cfg, Path(args.leaderboard) if args.leaderboard else default_lb, cfg.figures and not args.no_figures)
+    lb = _finish(out, cfg, Path(args.leaderboard) if args.leaderboard else None, cfg.figures and not args.no_figures)
     failures = manifest.get("failures", [])
-    print(f"wrote {out}/scores.csv ({manifest['rows']} rows), {out}/curves.csv, {out}/run.json and {lb} "
+    print(f"wrote {out}/scores.csv ({manifest['rows']} rows), {out}/{CURVES_FILE}, {out}/run.json and {lb} "
           f"in {manifest['timings']['total_seconds']:.1f} s "
           f"({manifest['parts']['computed']} parts computed, {manifest['parts']['reused']} reused)")
+    baseline = Path("results") / cfg.name
+    if (baseline / "scores.csv").is_file() and out.resolve() != baseline.resolve():
+        print(f"compare with the committed baseline: saliencybench check-regression {out} --baseline {baseline}\n"
+              f"make this run the baseline:          saliencybench accept {out}")
     if failures:
         print(f"{len(failures)} failure(s) recorded in the status column (see run.json):", file=sys.stderr)
         for f in failures[:10]:
@@ -403,27 +419,36 @@ def cmd_check_regression(args) -> int:
 
 
 def cmd_accept(args) -> int:
+    """Copy a run's results (scores, curves, manifest, figures) into the baseline folder and
+    regenerate its leaderboard: the one command that changes the committed results."""
     from saliencybench.benchmark.report import write_leaderboard
+    from saliencybench.benchmark.store import read_manifest
 
-    src, dst = Path(args.new_dir), Path(args.baseline)
+    src = Path(args.new_dir)
     if not (src / "scores.csv").is_file():
-        raise FileNotFoundError(f"{src}/scores.csv not found")
+        raise FileNotFoundError(f"{src}/scores.csv not found: is '{src}' a results directory?")
+    suite = str(read_manifest(src).get("suite") or src.name)
+    dst = Path(args.baseline or Path("results") / suite)
+    if src.resolve() == dst.resolve():
+        raise UsageError(f"{src} is already the baseline")
+    lb = Path(args.leaderboard) if args.leaderboard else (
+        Path("leaderboard.md") if suite == "default" and args.baseline is None else dst / "leaderboard.md")
     dst.mkdir(parents=True, exist_ok=True)
-    for name in ("scores.csv", "curves.csv", "run.json"):
+    for name in RESULT_FILES:
         if (src / name).is_file():
             shutil.copy2(src / name, dst / name)
-    for sub in ("parts", "figures"):
-        if (src / sub).is_dir():
-            shutil.rmtree(dst / sub, ignore_errors=True)
-            shutil.copytree(src / sub, dst / sub)
-    lb = write_leaderboard(dst, Path(args.leaderboard))
+    (dst / "curves.csv").unlink(missing_ok=True)  # older layout, superseded by curves.csv.gz
+    if (src / "figures").is_dir():
+        shutil.rmtree(dst / "figures", ignore_errors=True)
+        shutil.copytree(src / "figures", dst / "figures")
+    write_leaderboard(dst, lb)
     print(f"accepted {src} as {dst}; regenerated {lb}")
     return 0
 
 
 def cmd_merge(args) -> int:
     from saliencybench.benchmark.report import write_leaderboard
-    from saliencybench.benchmark.store import ResultStore, write_json
+    from saliencybench.benchmark.store import ResultStore, read_manifest, write_json
 
     out = Path(args.out)
     store = ResultStore(out)
@@ -440,9 +465,7 @@ def cmd_merge(args) -> int:
         if (sp / "cache").is_dir():
             shutil.copytree(sp / "cache", out / "cache", dirs_exist_ok=True)
         if (sp / "run.json").is_file():
-            import json
-
-            manifests.append(json.loads((sp / "run.json").read_text()))
+            manifests.append(read_manifest(sp))
     scores, _ = store.merge()
     if manifests:
         m = dict(manifests[0])

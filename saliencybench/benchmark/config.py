@@ -1,4 +1,5 @@
-"""Suite configuration: TOML files in ``configs/`` plus command-line overrides.
+"""Suite configuration: TOML files (the named suites are package data in
+``saliencybench/configs/``) plus command-line overrides.
 
 A suite is datasets x models x methods x metrics with parameters. Method and metric names
 may be *aliases* that reuse an implementation with other parameters::
@@ -16,17 +17,20 @@ from __future__ import annotations
 import re
 import sys
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 if sys.version_info >= (3, 11):
     import tomllib
+    from importlib.resources.abc import Traversable
 else:  # pragma: no cover
     import tomli as tomllib
+    from importlib.abc import Traversable
 
 from saliencybench.benchmark.registry import RegistryError
 
-REPO_CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+SUITES_PACKAGE = "saliencybench.configs"
 
 _SUITE_KEYS: dict[str, tuple[type, ...]] = {
     "name": (str,),
@@ -114,14 +118,16 @@ def _line_of(text: str, section: str | None, key: str) -> int | None:
     return None
 
 
-def list_suites() -> dict[str, Path]:
-    """Named suites shipped in ``configs/`` (name -> path)."""
-    if not REPO_CONFIGS.is_dir():
-        return {}
-    return {p.stem: p for p in sorted(REPO_CONFIGS.glob("*.toml"))}
+def list_suites() -> dict[str, Traversable]:
+    """Named suites shipped with the package (name -> resource), found through
+    ``importlib.resources``, so they work from a wheel install as from a checkout."""
+    root = resources.files(SUITES_PACKAGE)
+    return {p.name[: -len(".toml")]: p for p in sorted(root.iterdir(), key=lambda p: p.name)
+            if p.name.endswith(".toml")}
 
 
-def find_suite(name_or_path: str) -> Path:
+def find_suite(name_or_path: str) -> Path | Traversable:
+    """A suite file: a path to any TOML file, or the name of a shipped suite."""
     p = Path(name_or_path)
     if p.suffix == ".toml" or p.exists():
         if not p.is_file():
@@ -137,9 +143,10 @@ def find_suite(name_or_path: str) -> Path:
     raise ConfigError(f"unknown suite '{name_or_path}'{hint} (see `saliencybench list suites`)")
 
 
-def load_config(path: str | Path) -> SuiteConfig:
-    """Parse and type-check a suite TOML file."""
-    path = Path(path)
+def load_config(path: str | Path | Traversable) -> SuiteConfig:
+    """Parse and type-check a suite TOML file (a path, or a shipped suite's resource)."""
+    if isinstance(path, str):
+        path = Path(path)
     try:
         text = path.read_text()
     except OSError as e:

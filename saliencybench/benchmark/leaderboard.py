@@ -9,7 +9,6 @@ suite config lists a paper's number, a "paper reports" table puts it beside ours
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -19,16 +18,9 @@ import numpy as np
 import pandas as pd
 
 from saliencybench.benchmark.aggregate import aggregate, overall_rank
-from saliencybench.benchmark.store import read_scores
+from saliencybench.benchmark.store import read_manifest, read_scores
 
 ARROW = {True: "↑", False: "↓"}
-
-
-def load_manifest(results_dir: Path) -> dict[str, Any]:
-    p = Path(results_dir) / "run.json"
-    if not p.is_file():
-        return {}
-    return json.loads(p.read_text())
 
 
 def metric_directions(manifest: dict[str, Any], metrics: list[str]) -> dict[str, bool]:
@@ -47,7 +39,7 @@ def metric_directions(manifest: dict[str, Any], metrics: list[str]) -> dict[str,
 
 def build_tables(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
     scores = read_scores(results_dir)
-    manifest = load_manifest(results_dir)
+    manifest = read_manifest(results_dir)
     directions = metric_directions(manifest, sorted(scores["metric"].unique()))
     agg = aggregate(scores, directions, seed=int(manifest.get("seed", 0)))
     return agg, overall_rank(agg), manifest

@@ -575,11 +575,10 @@ class BaselineResults:
     """
 
     def __init__(self, root: Path) -> None:
-        from saliencybench.benchmark.store import read_curves, read_scores
+        from saliencybench.benchmark.store import read_curves, read_manifest, read_scores
 
         self.root = Path(root)
-        manifest_path = self.root / "run.json"
-        self.manifest = json.loads(manifest_path.read_text()) if manifest_path.is_file() else {}
+        self.manifest = read_manifest(self.root)
         scores = read_scores(self.root)
         curves = read_curves(self.root)
         self._scores = {k: g for k, g in scores.groupby(["dataset", "model", "method"], sort=False)}

@@ -7,7 +7,8 @@ whose checksum does not match is treated as missing and recomputed, never truste
 Layout of a results directory::
 
     run.json                 manifest (config, versions, seed, device, timings, counters)
-    scores.csv, curves.csv   merged long-format results (generated from parts/)
+    scores.csv               merged long-format scores (generated from parts/)
+    curves.csv.gz            merged long-format curves, gzip-compressed (pandas reads it directly)
     parts/<dataset>/<model>/<method>/<metrics>.<chunk>.csv (+ .curves.csv, .sha256)
     cache/<dataset>/<model>/<method>-<key>/<chunk>.pt (+ .sha256)   attribution maps
     figures/*.png
@@ -15,6 +16,7 @@ Layout of a results directory::
 
 from __future__ import annotations
 
+import gzip
 import hashlib
 import io
 import json
@@ -31,6 +33,8 @@ from torch import Tensor
 SCORE_COLUMNS = ["suite", "dataset", "model", "method", "metric", "sample_id", "value", "status"]
 CURVE_COLUMNS = ["suite", "dataset", "model", "method", "metric", "sample_id", "step", "x", "value"]
 SORT_KEYS = ["dataset", "model", "method", "metric", "sample_id"]
+CURVES_FILE = "curves.csv.gz"
+RESULT_FILES = ("scores.csv", CURVES_FILE, "run.json")  # what a baseline keeps of a run
 
 
 class CorruptFileError(RuntimeError):
@@ -190,12 +194,15 @@ class ResultStore:
         return s, c, bad
 
     def merge(self) -> tuple[pd.DataFrame, pd.DataFrame]:
-        """Write ``scores.csv`` and ``curves.csv`` from the parts, sorted deterministically."""
+        """Write ``scores.csv`` and ``curves.csv.gz`` from the parts, sorted deterministically
+        (the gzip header carries no time stamp, so equal curves give equal bytes)."""
         s, c, _ = self.read_parts()
         s = s.sort_values(SORT_KEYS, kind="mergesort").reset_index(drop=True)
         c = c.sort_values(SORT_KEYS + ["step"], kind="mergesort").reset_index(drop=True)
         atomic_write_text(self.root / "scores.csv", _to_csv(s, SCORE_COLUMNS))
-        atomic_write_text(self.root / "curves.csv", _to_csv(c, CURVE_COLUMNS))
+        atomic_write_bytes(self.root / CURVES_FILE,
+                           gzip.compress(_to_csv(c, CURVE_COLUMNS).encode(), compresslevel=9, mtime=0), checksum=False)
+        (self.root / "curves.csv").unlink(missing_ok=True)  # an older run's uncompressed curves
         return s, c
 
 
@@ -220,10 +227,24 @@ def read_scores(results_dir: Path) -> pd.DataFrame:
 
 
 def read_curves(results_dir: Path) -> pd.DataFrame:
-    path = Path(results_dir) / "curves.csv"
+    """A results directory's curves (``curves.csv.gz``, or ``curves.csv`` of older runs)."""
+    path = Path(results_dir) / CURVES_FILE
+    if not path.is_file():
+        path = Path(results_dir) / "curves.csv"
     if not path.is_file():
         return pd.DataFrame(columns=CURVE_COLUMNS)
     return pd.read_csv(path, dtype={"sample_id": str})
+
+
+def read_manifest(results_dir: Path) -> dict[str, Any]:
+    """A results directory's ``run.json`` ({} when it has none)."""
+    path = Path(results_dir) / "run.json"
+    if not path.is_file():
+        return {}
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise CorruptFileError(f"{path}:{e.lineno}: not a valid run manifest ({e.msg})") from None
 
 
 def write_json(path: Path, obj: Any) -> None:

@@ -117,6 +117,8 @@ def plot_aggatt(rows: dict[str, Tensor], path: Path, *, percentiles: Sequence[fl
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saliencybench.benchmark.plots import save_figure
+
     labels = list(rows)
     nb = len(percentiles) - 1
     fig, axes = plt.subplots(len(labels), nb, figsize=(1.3 * nb + 1.6, 1.3 * len(labels) + 0.6),
@@ -143,8 +145,4 @@ def plot_aggatt(rows: dict[str, Tensor], path: Path, *, percentiles: Sequence[fl
         fig.suptitle(title, fontsize=9, y=1 - 0.15 / height, va="top")
         top = 1 - 0.45 / height
     fig.tight_layout(rect=(0, 0, 1, top))
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), dpi=80, tight=False)

@@ -184,6 +184,8 @@ def conservation_figure(df: "Any", out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saliencybench.benchmark.plots import save_figure
+
     out_png = Path(out_png)
     cps = [c for c in CHECKPOINTS if c in set(df["checkpoint"])] or sorted(set(df["checkpoint"]))
     titles = {"input": "(a) input", "first_block": "(b) first block input",
@@ -202,7 +204,4 @@ def conservation_figure(df: "Any", out_png: str | Path) -> Path:
         ax.set_ylabel("predicted probability")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
-    out_png.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return out_png
+    return save_figure(fig, out_png, dpi=120, tight=False)

@@ -255,6 +255,8 @@ def plot_localization_boxes(df, path: Path, *, model: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saliencybench.benchmark.plots import save_figure
+
     settings = [s for s in ("gridpg", "difull", "dipart") if s in set(df["setting"])]
     settings += sorted(set(df["setting"]) - set(settings))
     bases = list(dict.fromkeys(df["base_method"]))
@@ -293,10 +295,7 @@ def plot_localization_boxes(df, path: Path, *, model: str) -> Path:
     axes[0, 0].legend(handles, layers, loc="lower left", fontsize=7, ncol=len(layers), framealpha=0.8)
     fig.suptitle(f"Localization ({model}); dotted: perfect 1.0 and random 1/n^2", fontsize=9)
     fig.tight_layout(rect=(0, 0, 1, 0.97))
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path, tight=False)
 
 
 def _safe(name: str) -> str:

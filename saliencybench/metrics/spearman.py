@@ -112,6 +112,8 @@ def plot_spearman(matrix: pd.DataFrame, path: Path, *, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from saliencybench.benchmark.plots import save_figure
+
     k = len(matrix)
     fig, ax = plt.subplots(figsize=(0.45 * k + 2.5, 0.45 * k + 2.0))
     im = ax.imshow(matrix.to_numpy(dtype=float), cmap="RdBu_r", vmin=-1, vmax=1)
@@ -130,8 +132,4 @@ def plot_spearman(matrix: pd.DataFrame, path: Path, *, title: str = "") -> Path:
     if title:
         ax.set_title(title, fontsize=9)
     fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return save_figure(fig, Path(path), tight=False)
