@@ -15,6 +15,7 @@ from saliencybench.benchmark.registry import (
     UnknownNameError,
 )
 from saliencybench.benchmark.runner import (
+    build_model,
     match_normalization,
     model_input_size,
     resolve_suite,
@@ -114,6 +115,12 @@ def test_pretrained_failure_is_a_clear_error(monkeypatch):
         factory(pretrained=True)
     with pytest.raises(RuntimeError, match=r"timm:resnet18.a1_in1k"):  # NAME:WEIGHTS implies pretrained
         factory(weights="a1_in1k")
+    # the suite's model parameters and the NAME:WEIGHTS spelling reach the factory
+    cfg = config_from_dict({"models": {"timm:resnet18": {"pretrained": True}}})
+    with pytest.raises(RuntimeError, match=r"pretrained weights of timm:resnet18 "):
+        build_model("timm:resnet18", cfg, torch.device("cpu"))
+    with pytest.raises(RuntimeError, match=r"pretrained weights of timm:resnet50.a1_in1k "):
+        build_model("timm:resnet50:a1_in1k", config_from_dict({}), torch.device("cpu"))
 
 
 def test_checkpoint_loads_every_weight(tmp_path):
