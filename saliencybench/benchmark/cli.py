@@ -111,7 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
     src.add_argument("--config", default=None, help="suite TOML file (any path)")
     r.add_argument("--methods", help="comma list of methods (wildcards allowed), replaces the suite's")
     r.add_argument("--metrics", help="comma list of metrics (wildcards allowed)")
-    r.add_argument("--models", help="comma list of models, e.g. sb_resnet or resnet50:IMAGENET1K_V1")
+    r.add_argument("--models", help="comma list of models, e.g. sb_resnet, resnet50:IMAGENET1K_V1 or timm:resnet18")
     r.add_argument("--datasets", help="comma list of datasets")
     r.add_argument("--n-samples", type=int, help="samples per (dataset, model)")
     r.add_argument("--batch-size", type=int, help="attribution / metric batch size")
@@ -298,13 +298,13 @@ def _dist_device(device: str, dist) -> str:
 
 
 def cmd_list(args) -> int:
+    import fnmatch
+
     from saliencybench.benchmark.config import list_suites, load_config
     from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS
 
     _load_plugins(args.plugin)
     if args.what == "suites":
-        import fnmatch
-
         for name, path in list_suites().items():
             if fnmatch.fnmatchcase(name, args.pattern):
                 try:
@@ -314,8 +314,11 @@ def cmd_list(args) -> int:
                 print(f"{name:<28} {desc}")
         return 0
     reg = {"methods": METHODS, "metrics": METRICS, "datasets": DATASETS, "models": MODELS}[args.what]
+    if args.what == "models" and _list_prefixed(MODELS, args.pattern):
+        return 0
     names = reg.names(args.pattern)
-    if not names:
+    families = [p for name, p in sorted(reg.prefixes.items()) if fnmatch.fnmatchcase(f"{name}:<name>", args.pattern)]
+    if not names and not families:
         print(f"no {args.what} match '{args.pattern}'", file=sys.stderr)
         return 1
     for n in names:
@@ -337,7 +340,30 @@ def cmd_list(args) -> int:
         if desc:
             line += f" — {textwrap.shorten(desc, 90)}"
         print(line)
+    for fam in families:  # one line per prefix (timm:<name>), never the thousands of names behind it
+        print(f"{fam.prefix + ':<name>':<28} {fam.describe()}")
     return 0
+
+
+def _list_prefixed(reg, pattern: str) -> bool:
+    """``list models 'timm:resnet*'``: the names behind a prefix that match (True when printed);
+    False if ``pattern`` does not start with a registered prefix."""
+    prefix = reg.prefix_of(pattern)
+    if prefix is None:
+        return False
+    fam = reg.prefixes[prefix]
+    rest = pattern[len(prefix) + 1:] or "*"
+    if not any(ch in rest for ch in "*?["):
+        print(reg.get(pattern).name)  # a literal name: it exists, or an error with a suggestion
+        return True
+    if fam.names is None:
+        return False
+    names = fam.names(rest)
+    if not names:
+        raise UsageError(f"no {prefix} model matches '{rest}'")
+    for n in names:
+        print(f"{prefix}:{n}")
+    return True
 
 
 def cmd_leaderboard(args) -> int:

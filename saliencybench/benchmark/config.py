@@ -216,6 +216,16 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", text: str 
 
 
 def split_spec(spec: str) -> tuple[str, str | None]:
-    """``resnet50:IMAGENET1K_V1`` -> ("resnet50", "IMAGENET1K_V1"); ``sb_vgg`` -> ("sb_vgg", None)."""
+    """``resnet50:IMAGENET1K_V1`` -> ("resnet50", "IMAGENET1K_V1"); ``sb_vgg`` -> ("sb_vgg", None).
+
+    A registered model prefix is part of the name: ``timm:resnet18`` -> ("timm:resnet18", None)
+    and ``timm:resnet50:a1_in1k`` -> ("timm:resnet50", "a1_in1k").
+    """
+    from saliencybench.benchmark.registry import MODELS
+
+    prefix = MODELS.prefix_of(spec)
+    head = ""
+    if prefix is not None:
+        head, spec = f"{prefix}:", spec[len(prefix) + 1:]
     name, sep, weights = spec.partition(":")
-    return name, (weights or None) if sep else None
+    return head + name, (weights or None) if sep else None

@@ -38,6 +38,26 @@ class DuplicateNameError(RegistryError):
     pass
 
 
+class MissingDependencyError(RegistryError, ImportError):
+    """A name needs an optional dependency that is not installed (a usage error: exit code 2)."""
+
+
+@dataclass(frozen=True)
+class Prefix:
+    """A family of names ``<prefix>:<name>`` resolved on demand (``timm:resnet18``).
+
+    ``resolve(name)`` returns the :class:`Entry` of ``<prefix>:<name>`` or raises a
+    :class:`RegistryError` (unknown name with a suggestion, missing optional dependency).
+    ``describe()`` is the one line ``saliencybench list`` prints for the family;
+    ``names(pattern)`` lists the names matching a wildcard (without the prefix).
+    """
+
+    prefix: str
+    resolve: Callable[[str], Entry[Any]]
+    describe: Callable[[], str]
+    names: Callable[[str], list[str]] | None = None
+
+
 @dataclass(frozen=True)
 class Entry(Generic[T]):
     """One registered object with its metadata."""
@@ -63,6 +83,8 @@ class Registry(Generic[T]):
         self._entries: dict[str, Entry[T]] = {}
         self._populate = populate
         self._populated = False
+        self._prefixes: dict[str, Prefix] = {}
+        self._dynamic: dict[str, Entry[T]] = {}
 
     # -- population -------------------------------------------------------------------------
     def _ensure(self) -> None:
@@ -86,6 +108,31 @@ class Registry(Generic[T]):
     def remove(self, name: str) -> None:
         """Unregister ``name`` (used by tests and plugin reloads)."""
         self._entries.pop(name, None)
+        self._dynamic.pop(name, None)
+
+    def add_prefix(self, prefix: str, resolve: Callable[[str], Entry[T]], *, describe: Callable[[], str],
+                   names: Callable[[str], list[str]] | None = None) -> None:
+        """Make every ``<prefix>:<name>`` a valid name, resolved by ``resolve(name)`` on first use.
+
+        Prefixed names are not listed by :meth:`names` (a library may offer thousands);
+        ``saliencybench list`` prints ``describe()`` instead.
+        """
+        if not prefix or ":" in prefix:
+            raise RegistryError(f"{self.kind} prefix must be a non-empty string without ':', got {prefix!r}")
+        if prefix in self._prefixes:
+            raise DuplicateNameError(f"{self.kind} prefix '{prefix}:' is already registered")
+        self._prefixes[prefix] = Prefix(prefix, resolve, describe, names)
+
+    @property
+    def prefixes(self) -> dict[str, Prefix]:
+        """Registered name prefixes (``{"timm": Prefix(...)}`` for models)."""
+        self._ensure()
+        return dict(self._prefixes)
+
+    def prefix_of(self, name: str) -> str | None:
+        """The registered prefix that ``name`` starts with (``"timm"`` for ``"timm:resnet18"``)."""
+        head, sep, _ = str(name).partition(":")
+        return head if sep and head in self.prefixes else None
 
     def decorator(self, name: str, **meta: Any) -> Callable[[T], T]:
         def wrap(obj: T) -> T:
@@ -100,9 +147,21 @@ class Registry(Generic[T]):
         try:
             return self._entries[name]
         except KeyError:
+            pass
+        prefix = self.prefix_of(name)
+        if prefix is None:
             raise UnknownNameError(self._unknown_message(name)) from None
+        if name not in self._dynamic:
+            rest = name[len(prefix) + 1:].strip()
+            if not rest:
+                raise UnknownNameError(f"{self.kind} '{name}' needs a name after '{prefix}:': "
+                                       f"{self._prefixes[prefix].describe()}")
+            self._dynamic[name] = self._prefixes[prefix].resolve(rest)
+        return self._dynamic[name]
 
     def _unknown_message(self, name: str) -> str:
+        if name in self._prefixes:
+            return f"unknown {self.kind} '{name}'; '{name}:' is a prefix: {self._prefixes[name].describe()}"
         close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
         hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
         return (
@@ -112,7 +171,15 @@ class Registry(Generic[T]):
 
     def __contains__(self, name: object) -> bool:
         self._ensure()
-        return name in self._entries
+        if name in self._entries:
+            return True
+        if not isinstance(name, str) or self.prefix_of(name) is None:
+            return False
+        try:
+            self.get(name)
+        except RegistryError:
+            return False
+        return True
 
     def __iter__(self) -> Iterator[Entry[T]]:
         self._ensure()
@@ -141,7 +208,12 @@ class Registry(Generic[T]):
             if not item:
                 continue
             if any(ch in item for ch in "*?["):
-                matched = self.names(item)
+                prefix = self.prefix_of(item)
+                lister = self._prefixes[prefix].names if prefix is not None else None
+                if lister is not None:
+                    matched = [f"{prefix}:{n}" for n in lister(item[len(prefix) + 1:])]
+                else:
+                    matched = self.names(item)
                 if not matched:
                     raise UnknownNameError(f"no {self.kind} matches '{item}'")
             else:

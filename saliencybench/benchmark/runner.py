@@ -130,10 +130,67 @@ def build_samples(ds_name: str, cfg: SuiteConfig, model: nn.Module, model_spec: 
     kw.setdefault("seed", cfg.seed)
     if entry.meta.get("needs_model"):
         kw.update(model=model, model_name=model_spec, device=device)
+    for key, value in model_input_size(entry.obj, model).items():
+        kw.setdefault(key, value)
     samples = entry.obj(**kw)
     if not isinstance(samples, SampleSet):
         raise TypeError(f"dataset '{ds_name}' returned {type(samples).__name__}, expected a SampleSet")
     samples.name = ds_name
+    return match_normalization(samples, model)
+
+
+def model_input_size(factory: Callable[..., Any], model: nn.Module) -> dict[str, int]:
+    """``image_size`` / ``resize_size`` for an ImageNet-style dataset factory from the model's
+    data config (timm models: input size and crop fraction of the pretrained configuration).
+
+    Empty unless the model carries ``sb_info["data_config"]`` with a square input and a center
+    crop and the factory takes both parameters; a suite's own values win (``setdefault``).
+    """
+    import inspect
+    import math
+
+    info = getattr(model, "sb_info", None)
+    dcfg = info.get("data_config") if isinstance(info, dict) else None
+    if not dcfg:
+        return {}
+    try:
+        params = inspect.signature(factory).parameters
+    except (TypeError, ValueError):
+        return {}
+    if "image_size" not in params or "resize_size" not in params:
+        return {}
+    h, w = (int(v) for v in dcfg["input_size"][-2:])
+    if h != w or dcfg.get("crop_mode", "center") != "center":
+        return {}
+    return {"image_size": h, "resize_size": int(math.floor(h / float(dcfg.get("crop_pct", 0.875))))}
+
+
+def match_normalization(samples: SampleSet, model: nn.Module) -> SampleSet:
+    """Re-normalise ``samples`` to the mean / std the model expects (``model.sb_normalization``,
+    set by the timm models from their pretrained configuration); unchanged when it has none or
+    they already match. Pixels are the same, only the normalised encoding changes, so pixel-space
+    substrates (black, blur) stay what they were.
+
+    Grid datasets screen their cells with the model before this step, in the source dataset's
+    normalisation; their composites are converted like any other sample.
+    """
+    target = getattr(model, "sb_normalization", None)
+    source = samples.normalization
+    if target is None or (np.allclose(target.mean, source.mean) and np.allclose(target.std, source.std)):
+        return samples
+
+    def convert(x: Tensor) -> Tensor:
+        return target.from_pixel(source.to_pixel(x))
+
+    if isinstance(getattr(samples, "grids", None), Tensor):
+        samples.grids = convert(samples.grids)
+    elif isinstance(samples.__dict__.get("x"), Tensor):
+        samples.x = convert(samples.x)
+    else:
+        raise TypeError(f"cannot re-normalise a {type(samples).__name__} for this model: it has no x tensor; "
+                        f"build the dataset with the model's mean {target.mean} and std {target.std}")
+    samples.normalization = target
+    samples.info = {**samples.info, "normalization_from_model": {"mean": list(target.mean), "std": list(target.std)}}
     return samples
 
 
@@ -313,6 +370,7 @@ class Runner:
     def _run_pair(self, ds_name: str, model_spec: str, metrics: list[Metric]) -> None:
         model, model_entry = build_model(model_spec, self.cfg, self.device)
         samples = build_samples(ds_name, self.cfg, model, model_spec, self.device)
+        built = model
         wrap = getattr(samples, "wrap_model", None)
         if wrap is not None:
             model = wrap(model).to(self.device).eval()
@@ -320,6 +378,8 @@ class Runner:
                                       "num_classes": samples.num_classes, **samples.info}
         self.model_info[model_spec] = {k: v for k, v in model_entry.meta.items()
                                        if isinstance(v, (str, int, float, bool, list, tuple, dict))}
+        if model_entry.meta.get("family") == "timm" and isinstance(getattr(built, "sb_info", None), dict):
+            self.model_info[model_spec]["build"] = dict(built.sb_info)
         chunks = self._chunks(len(samples))
         n_batches = sum((len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size for _, idx in chunks)
         self._raw.clear()

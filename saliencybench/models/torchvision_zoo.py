@@ -57,11 +57,18 @@ class WeightsError(ValueError):
 
 # -- specs and weights ------------------------------------------------------------------------
 def parse_model_spec(spec: str) -> tuple[str, str | None]:
-    """``"resnet50:IMAGENET1K_V1"`` -> ``("resnet50", "IMAGENET1K_V1")``; ``"resnet50"`` -> ``("resnet50", None)``."""
-    name, sep, weights = str(spec).strip().partition(":")
+    """``"resnet50:IMAGENET1K_V1"`` -> ``("resnet50", "IMAGENET1K_V1")``; ``"resnet50"`` -> ``("resnet50", None)``.
+
+    A registered prefix belongs to the name: ``"timm:resnet18"`` -> ``("timm:resnet18", None)``.
+    """
+    full = str(spec).strip()
+    prefix = MODELS.prefix_of(full)
+    head = f"{prefix}:" if prefix is not None else ""
+    name, sep, weights = full[len(head):].partition(":")
     name, weights = name.strip(), weights.strip()
     if not name or (sep and not weights):
-        raise ValueError(f"malformed model spec {spec!r}; expected NAME or NAME:WEIGHTS")
+        raise ValueError(f"malformed model spec {full!r}; expected NAME or NAME:WEIGHTS")
+    name = head + name
     return name, (weights or None)
 
 
