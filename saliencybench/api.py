@@ -17,6 +17,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
 import torch
 from torch import Tensor, nn
@@ -43,6 +44,16 @@ class PrecomputedAttributionError(RuntimeError):
 def _precomputed_fn(model, x, target, **kw):  # pragma: no cover - never reached by the runner
     raise PrecomputedAttributionError(
         "this method was given as precomputed maps (attributions=...); it cannot be run again")
+
+
+def precomputed_entry(name: str) -> Entry:
+    """A method entry, outside the registry, for maps handed to the runner with
+    :meth:`~saliencybench.benchmark.runner.Runner.provide_attributions` (channel-summed like a
+    registered method's output; metrics that re-run the method skip it)."""
+    return Entry(name=name, obj=_precomputed_fn, kind="method", meta={
+        "family": "precomputed", "paper": "", "needs": (), "defaults": {}, "postprocess": ("sum",),
+        "stochastic": False, "conservation": None, "layer_capable": False, "precomputed": True,
+        "description": "maps passed to saliencybench.evaluate(attributions=...)"})
 
 
 def _parse_specs(spec: Any, what: str) -> tuple[list[str], dict[str, dict[str, Any]]]:
@@ -207,7 +218,8 @@ def evaluate(
             (CAMs) use ``model.sb_layers["cam"]`` when set, else a ``layer4`` / ``features``
             module; otherwise pass the layer, e.g. ``{"gradcam": {"layer": "features.3"}}``
             (without one their rows carry ``status`` ``method_error: ... no layer 'cam'``).
-        inputs: (N,C,H,W) tensor of model inputs (as the model sees them), a
+        inputs: (N,C,H,W) tensor (or numpy array) of model inputs (as the model sees them,
+            cast to the model's dtype), a
             :class:`SampleSet` (``saliencybench.load_dataset(...)``: targets, masks,
             normalization and sample ids come with it), or an iterable such as a torch
             ``DataLoader`` yielding ``x``, ``(x, y)``, ``(x, y, mask)`` or dicts with keys
@@ -219,7 +231,8 @@ def evaluate(
             ``{"alias": {"base": "gradcam", "layer": "layer2"}}`` runs ``gradcam`` under the name
             ``alias``, like ``[methods.alias] base = "gradcam"`` in a suite TOML.
         metrics: registered metric names, with parameters and aliases as for ``methods``.
-        attributions: maps computed elsewhere, ``{"name": (N,H,W) | (N,1,H,W) | (N,C,H,W)}``
+        attributions: maps computed elsewhere (tensors or numpy arrays),
+            ``{"name": (N,H,W) | (N,1,H,W) | (N,C,H,W)}``
             (Quantus' ``a_batch``), scored and ranked alongside ``methods``. Channels are summed
             and smaller maps upsampled bilinearly, as for a registered method; non-finite maps
             get the ``nonfinite_attribution`` status. Metrics that re-run the method on other
@@ -275,6 +288,8 @@ def evaluate(
         samples.normalization = norm or inputs.normalization
         ds_name = dataset_name or inputs.name or "data"
     else:
+        if isinstance(inputs, np.ndarray):  # Quantus users' x_batch
+            inputs = torch.from_numpy(inputs)
         if not isinstance(inputs, Tensor):
             if not hasattr(inputs, "__iter__"):
                 raise TypeError(f"inputs must be a tensor (N,C,H,W), a SampleSet or a DataLoader; "
@@ -307,6 +322,9 @@ def evaluate(
     training = {name: m.training for name, m in run_model.named_modules()}
     run_model.eval()
     try:
+        dtype = next((p.dtype for p in run_model.parameters() if p.is_floating_point()), None)
+        if dtype is not None and samples is None and x.dtype != dtype:
+            x = x.to(dtype)  # e.g. float64 numpy arrays for a float32 model
         probe = samples.get([0]).x if samples is not None else x[:1]
         with torch.no_grad():
             try:
@@ -346,15 +364,14 @@ def evaluate(
                 raise TypeError(f"attributions keys must be method names, got {name!r}")
             if name in METHODS or name in method_names:
                 raise ValueError(f"attributions name '{name}' is also a method name; pick another name")
+            if isinstance(maps, np.ndarray):  # Quantus users' a_batch
+                maps = pre[name] = torch.from_numpy(maps)
             if not isinstance(maps, Tensor):
                 raise TypeError(f"attributions['{name}'] must be a tensor, got {type(maps).__name__}")
             if maps.ndim not in (3, 4) or maps.shape[0] != len(samples):
                 raise ValueError(f"attributions['{name}'] has shape {tuple(maps.shape)}; expected "
                                  f"({len(samples)}, H, W), ({len(samples)}, 1, H, W) or ({len(samples)}, C, H, W)")
-            extra[name] = Entry(name=name, obj=_precomputed_fn, kind="method", meta=dict(
-                family="precomputed", paper="", needs=(), defaults={}, postprocess=("sum",),
-                stochastic=False, conservation=None, layer_capable=False, precomputed=True,
-                description="maps passed to saliencybench.evaluate(attributions=...)"))
+            extra[name] = precomputed_entry(name)
         if not method_names and not extra:
             raise ValueError("nothing to score: give methods=[...] and/or attributions={name: maps}")
         if not metric_names:

@@ -228,3 +228,33 @@ def test_device_other_than_the_models_runs_a_copy(tiny):
     assert on_cuda.attrs["manifest"]["device"].startswith("cuda")
     on_cpu = sb.evaluate(model, x, y, **kw)
     np.testing.assert_allclose(on_cuda["value"], on_cpu["value"], atol=2e-3)
+
+
+def test_numpy_inputs_and_maps_as_quantus_users_pass_them(tiny):
+    model, x, y = tiny
+    sal = sb.attribute("saliency", model, x, y)
+    want = sb.evaluate(model, x, y, metrics=["insertion"], attributions={"mine": sal})
+    got = sb.evaluate(model, x.double().numpy(), y.numpy(), metrics=["insertion"],
+                      attributions={"mine": sal.double().numpy()})
+    np.testing.assert_allclose(got["value"], want["value"], rtol=1e-5, atol=1e-6)
+
+
+def test_runner_provide_attributions_across_chunks(tiny, tmp_path):
+    """Precomputed maps go into the cache chunk by chunk; the method itself is never called."""
+    from saliencybench.api import precomputed_entry
+    from saliencybench.benchmark.runner import Runner
+    from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, SampleSet
+
+    model, x, y = tiny
+    model.eval()
+    samples = SampleSet(x, y, normalization=IDENTITY_NORMALIZATION, num_classes=4, name="d")
+    cfg = SuiteConfig(name="s", datasets=["d"], models=["m"], methods=["saliency", "pre"], metrics=["insertion"],
+                      n_samples=None, batch_size=2, chunk_size=4, device="cpu", figures=False)
+    runner = Runner(cfg, tmp_path, progress=False, models={"m": model}, samples={"d": samples},
+                    extra_methods={"pre": precomputed_entry("pre")})
+    runner.provide_attributions("d", "m", "pre", sb.attribute("saliency", model, x, y))
+    manifest = runner.run()
+    s = read_scores(tmp_path).set_index(["method", "sample_id"])["value"]
+    np.testing.assert_allclose(s.loc["pre"].to_numpy(), s.loc["saliency"].to_numpy(), rtol=1e-5, atol=1e-6)
+    assert manifest["attribution_calls"] == {"saliency": 6, "pre": 0}
+    assert len(list((tmp_path / "cache" / "d" / "m").glob("pre-*/*.pt"))) == 2  # chunks of 4 + 2 samples
