@@ -3,6 +3,8 @@
 >>> import saliencybench as sb
 >>> sb.list_methods("grad*")          # doctest: +SKIP
 >>> model = sb.create_model("sb_resnet")  # doctest: +SKIP
+>>> scores = sb.evaluate(model, x, y, methods=["saliency"], metrics=["insertion"])  # doctest: +SKIP
+>>> print(sb.leaderboard(scores))  # doctest: +SKIP
 """
 
 from __future__ import annotations
@@ -55,8 +57,18 @@ def attribute(method: str, model, x, target, **params):
     return compute_attribution(method, model, x, target, params=params)
 
 
+def __getattr__(name: str):
+    # evaluate / leaderboard (saliencybench/api.py) load torch and pandas: imported on first use,
+    # so that `import saliencybench` stays light for plugins and the CLI
+    if name in ("evaluate", "leaderboard"):
+        from saliencybench import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'saliencybench' has no attribute {name!r}")
+
+
 __all__ = [
-    "DATASETS", "METHODS", "METRICS", "MODELS", "attribute", "create_model", "list_datasets",
-    "list_methods", "list_metrics", "list_models", "load_dataset", "load_plugin",
+    "DATASETS", "METHODS", "METRICS", "MODELS", "attribute", "create_model", "evaluate", "leaderboard",
+    "list_datasets", "list_methods", "list_metrics", "list_models", "load_dataset", "load_plugin",
     "register_dataset", "register_method", "register_metric", "register_model",
 ]

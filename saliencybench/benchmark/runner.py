@@ -59,8 +59,12 @@ class ResolvedSuite:
     models: list[str]
     methods: list[str]
     metrics: list[str]
+    #: method entries that live outside the registry (precomputed maps of the Python API)
+    extra_methods: dict[str, Entry] = field(default_factory=dict)
 
     def method_entry(self, name: str) -> Entry:
+        if name in self.extra_methods:
+            return self.extra_methods[name]
         return METHODS.get(self.cfg.method_base(name))
 
     def metric_entry(self, name: str) -> Entry:
@@ -79,27 +83,42 @@ def _expand(names: Sequence[str], registry, aliases: dict[str, dict[str, Any]]) 
     return out
 
 
-def resolve_suite(cfg: SuiteConfig) -> ResolvedSuite:
-    """Validate every name of a suite against the registries (raises with suggestions)."""
+def resolve_suite(cfg: SuiteConfig, *, models: Sequence[str] = (), datasets: Sequence[str] = (),
+                  extra_methods: dict[str, Entry] | None = None) -> ResolvedSuite:
+    """Validate every name of a suite against the registries (raises with suggestions).
+
+    ``models`` / ``datasets`` name in-memory objects the runner was given (they need no
+    registry entry); ``extra_methods`` are method entries outside the registry.
+    """
     populate()
+    extra_methods = dict(extra_methods or {})
     if not cfg.models:
         raise ConfigError("the suite lists no models")
     if not cfg.methods:
         raise ConfigError("the suite lists no methods")
     if not cfg.metrics:
         raise ConfigError("the suite lists no metrics")
-    datasets = _expand(cfg.datasets, DATASETS, cfg.dataset_params)
+    datasets_out: list[str] = []
+    for item in cfg.datasets:
+        found = [item] if item in datasets else _expand([item], DATASETS, cfg.dataset_params)
+        datasets_out.extend(f for f in found if f not in datasets_out)
+    in_memory_models = set(models)
     models = []
     for spec in cfg.models:
         name, _ = split_spec(spec)
-        if any(ch in name for ch in "*?["):
+        if spec in in_memory_models:
+            models.append(spec)
+        elif any(ch in name for ch in "*?["):
             models.extend(m for m in MODELS.resolve(name) if m not in models)
         else:
             MODELS.get(name)
             models.append(spec)
-    methods = _expand(cfg.methods, METHODS, cfg.method_params)
+    methods = []
+    for item in cfg.methods:
+        found = [item] if item in extra_methods else _expand([item], METHODS, cfg.method_params)
+        methods.extend(f for f in found if f not in methods)
     metrics = _expand(cfg.metrics, METRICS, cfg.metric_params)
-    return ResolvedSuite(cfg, datasets, models, methods, metrics)
+    return ResolvedSuite(cfg, datasets_out, models, methods, metrics, extra_methods)
 
 
 def resolve_device(device: str) -> torch.device:
@@ -296,13 +315,24 @@ class Runner:
     def __init__(self, cfg: SuiteConfig, out_dir: Path, *, device: str | None = None,
                  progress: bool = True, shard: tuple[int, int] | None = None,
                  cache_dir: Path | None = None, reuse_from: Sequence[Path] = (),
-                 figures: bool | None = None, tf32: bool = True) -> None:
+                 figures: bool | None = None, tf32: bool = True,
+                 models: dict[str, nn.Module] | None = None, samples: dict[str, SampleSet] | None = None,
+                 extra_methods: dict[str, Entry] | None = None) -> None:
         """``tf32=False`` runs every float32 convolution and matrix product on CUDA in full
         float32 (:func:`exact_fp32`); PyTorch's default lets cuDNN use TF32, which moves some
-        scores at the 1e-2 level (measured: GridPG localization of smoothed signed maps)."""
+        scores at the 1e-2 level (measured: GridPG localization of smoothed signed maps).
+
+        In-memory runs (the Python API, :func:`saliencybench.evaluate`): ``models`` maps a
+        model name of the suite to an ``nn.Module`` already on the device and in eval mode
+        (used as it is, never rebuilt or moved), ``samples`` maps a dataset name to a
+        :class:`SampleSet`, and ``extra_methods`` adds method entries outside the registry,
+        e.g. precomputed maps handed in with :meth:`provide_attributions`."""
         self.cfg = cfg
         self.tf32 = tf32
-        self.suite = resolve_suite(cfg)
+        self.models = dict(models or {})
+        self.samples = dict(samples or {})
+        self.suite = resolve_suite(cfg, models=list(self.models), datasets=list(self.samples),
+                                   extra_methods=extra_methods)
         self.out = Path(out_dir)
         self.device = resolve_device(device or cfg.device)
         self.progress = progress
@@ -336,6 +366,8 @@ class Runner:
         for i, m in enumerate(metrics):
             if not m.applies_to(method_meta):
                 continue
+            if method_meta.get("precomputed") and m.needs_method:
+                continue  # the metric re-runs the method, which precomputed maps cannot
             key = m.group_key()
             key = (type(m), key) if key is not None else ("single", i)
             if key not in groups:
@@ -359,6 +391,31 @@ class Runner:
         write_json(self.out / "run.json", manifest)
         return manifest
 
+    def provide_attributions(self, ds_name: str, model_spec: str, method: str, maps: Tensor) -> None:
+        """Put maps computed elsewhere into the attribution cache as ``method``'s output on the
+        in-memory dataset ``ds_name`` (one map per sample, in its order), so the run scores
+        them like any computed ones: the method's post-processing (channel reduction,
+        upsampling to the input size) is applied here, non-finite values get the
+        ``nonfinite_attribution`` status at evaluation, and the method is never called."""
+        from saliencybench.attributions.base import postprocess_steps
+        from saliencybench.attributions.postprocess import apply_postprocess
+
+        samples = self.samples[ds_name]
+        if maps.ndim == 3:
+            maps = maps.unsqueeze(1)
+        if maps.ndim != 4 or maps.shape[0] != len(samples):
+            raise ValueError(f"attributions for '{method}' have shape {tuple(maps.shape)}; expected "
+                             f"({len(samples)}, H, W), ({len(samples)}, 1, H, W) or ({len(samples)}, C, H, W)")
+        entry = self.suite.method_entry(method)
+        overrides = self.cfg.method_overrides(method)
+        maps = apply_postprocess(maps.detach().cpu(), postprocess_steps(entry, overrides),
+                                 size=samples.image_size).float()
+        key = self._method_key(ds_name, model_spec, method)
+        size = max(1, self.cfg.chunk_size)
+        for c, s0 in enumerate(range(0, len(samples), size)):
+            ids = samples.sample_ids[s0:s0 + size]
+            self.cache.put(ds_name, model_spec, method, key, c, ids, maps[s0:s0 + size].contiguous())
+
     def _chunks(self, n: int) -> list[tuple[int, list[int]]]:
         size = max(1, self.cfg.chunk_size)
         chunks = [(c, list(range(s, min(s + size, n)))) for c, s in enumerate(range(0, n, size))]
@@ -368,17 +425,25 @@ class Runner:
         return chunks
 
     def _run_pair(self, ds_name: str, model_spec: str, metrics: list[Metric]) -> None:
-        model, model_entry = build_model(model_spec, self.cfg, self.device)
-        samples = build_samples(ds_name, self.cfg, model, model_spec, self.device)
+        if model_spec in self.models:
+            model = self.models[model_spec]
+            model_meta: dict[str, Any] = {"in_memory": True, "class": type(model).__name__}
+        else:
+            model, model_entry = build_model(model_spec, self.cfg, self.device)
+            model_meta = model_entry.meta
         built = model
+        if ds_name in self.samples:
+            samples = self.samples[ds_name]
+        else:
+            samples = build_samples(ds_name, self.cfg, model, model_spec, self.device)
         wrap = getattr(samples, "wrap_model", None)
         if wrap is not None:
             model = wrap(model).to(self.device).eval()
         self.dataset_info[ds_name] = {"n": len(samples), "image_size": list(samples.image_size),
                                       "num_classes": samples.num_classes, **samples.info}
-        self.model_info[model_spec] = {k: v for k, v in model_entry.meta.items()
+        self.model_info[model_spec] = {k: v for k, v in model_meta.items()
                                        if isinstance(v, (str, int, float, bool, list, tuple, dict))}
-        if model_entry.meta.get("family") == "timm" and isinstance(getattr(built, "sb_info", None), dict):
+        if model_meta.get("family") == "timm" and isinstance(getattr(built, "sb_info", None), dict):
             self.model_info[model_spec]["build"] = dict(built.sb_info)
         chunks = self._chunks(len(samples))
         n_batches = sum((len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size for _, idx in chunks)

@@ -16,6 +16,9 @@ def get_layer(model: nn.Module, name: str) -> nn.Module:
 
         close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
         hint = f"; did you mean {', '.join(close)}?" if close else ""
+        if name in ("cam", "middle", "final") and not close:  # an alias the model does not map
+            hint = (f" (an alias: set model.sb_layers = {{'{name}': '<module name>'}} or give the "
+                    "method layer='<module name>')")
         raise KeyError(f"model has no layer '{name}'{hint}")
     return modules[name]
 
