@@ -39,9 +39,16 @@ def metric_directions(manifest: dict[str, Any], metrics: list[str]) -> dict[str,
         info = manifest.get("metrics", {}).get(m, {})
         if "higher_is_better" in info:
             out[m] = bool(info["higher_is_better"])
-        else:
-            base = manifest.get("config", {}).get("metrics", {}).get(m, {}).get("base", m)
-            out[m] = bool(METRICS.get(base).meta["higher_is_better"]) if base in METRICS else True
+        else:  # no run.json record: the config's parameters, then the registry
+            params = dict(manifest.get("config", {}).get("metrics", {}).get(m, {}))
+            base = params.pop("base", m)
+            if base not in METRICS:
+                out[m] = True
+                continue
+            entry = METRICS.get(base)
+            own = entry.obj.direction({**dict(entry.meta.get("defaults", {})), **params}) \
+                if hasattr(entry.obj, "direction") else None
+            out[m] = bool(entry.meta["higher_is_better"]) if own is None else bool(own)
     return out
 
 

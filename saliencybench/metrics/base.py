@@ -71,5 +71,12 @@ class Metric:
         """Parameters recorded in run.json."""
         return {"class": type(self).__name__, **self.params}
 
+    @classmethod
+    def direction(cls, params: dict[str, Any]) -> bool | None:
+        """``higher_is_better`` of a metric with these parameters when they decide it, else None
+        (the registry's). The runner records the result in run.json, where the leaderboard
+        reads it."""
+        return None
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, params={self.params!r})"
