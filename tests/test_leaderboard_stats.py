@@ -122,3 +122,16 @@ def test_missing_metric_is_flagged_against_distinct_count(tmp_path):
     md = render_markdown(_write(tmp_path / "r", v, _params()))
     row = next(line for line in md.splitlines() if line.startswith("| `A` |"))
     assert row.endswith("| 2.00 [2/3] |")  # insertion 1, deletion 3; 2 of the 3 measurements
+
+
+def test_default_suite_lerf_morf_are_their_own_measurements():
+    """configs/default.toml: LeRF / MoRF must not repeat Insertion / Deletion (Jeon et al. 2022
+    pixel flipping on another substrate than the Otsuki et al. 2024 black one)."""
+    from saliencybench.benchmark.leaderboard import measurement_plan
+
+    cfg = load_config(ROOT / "configs" / "default.toml")
+    manifest = {"config": cfg.to_dict()}
+    counted, identical, derived = measurement_plan(manifest, list(cfg.metrics))
+    assert identical == []
+    assert derived == {"id_score": ["insertion", "deletion"]}
+    assert {"insertion", "deletion", "lerf", "morf"} <= set(counted)
