@@ -1,5 +1,5 @@
 """Leaderboard statistics: each distinct measurement counts once in the overall rank, the note
-that names identical / derived columns."""
+that names identical / derived columns, and [[paper]] rows with ``versus`` (Spearman)."""
 
 from __future__ import annotations
 
@@ -135,3 +135,35 @@ def test_default_suite_lerf_morf_are_their_own_measurements():
     assert identical == []
     assert derived == {"id_score": ["insertion", "deletion"]}
     assert {"insertion", "deletion", "lerf", "morf"} <= set(counted)
+
+
+def test_paper_rows_with_versus_show_the_measured_spearman(tmp_path):
+    """Rao et al. 2022 supp. Tables 1-2 rows: Spearman's rho of a method's per-sample scores
+    against the ``versus`` method's, next to the paper's value."""
+    a = [float(i) for i in range(10)]
+    ref = a[:8] + [9.0, 8.0]  # one swapped pair: rho = 1 - 6 * 2 / (10 * 99) = 0.98788
+    values = {("m1", "localization"): a, ("gradcam@final", "localization"): ref}
+    paper = [
+        {"dataset": "d", "model": "mo", "method": "m1", "metric": "spearman", "value": 0.34,
+         "versus": "gradcam@final", "source": "Rao et al. 2022 supp. Table 1"},
+        {"dataset": "d", "model": "mo", "method": "m1", "metric": "localization", "value": 0.5, "source": "x"},
+    ]
+    out = _write(tmp_path / "r", values, {}, paper=paper)
+    md = render_markdown(out)
+    assert "| `m1` | spearman vs `gradcam@final` | 0.340 | 0.988 | Rao et al. 2022 supp. Table 1 |" in md
+    assert "| `m1` | localization | 0.500 | 4.500 | x |" in md
+
+
+def test_suite_paper_rows_with_versus_name_a_metric_to_correlate():
+    """Every committed suite's ``versus`` row can be measured: the suite has one metric, or the
+    row names it with ``of``; its methods are in the suite."""
+    n = 0
+    for path in sorted((ROOT / "configs").glob("*.toml")):
+        cfg = load_config(path)
+        for p in cfg.paper:
+            if "versus" not in p:
+                continue
+            n += 1
+            assert p.get("of", None) in cfg.metrics or len(cfg.metrics) == 1, (path.name, p)
+            assert {p["method"], p["versus"]} <= set(cfg.methods), (path.name, p)
+    assert n >= 28  # rao2022-gridpg: supp. Tables 1-2

@@ -154,6 +154,24 @@ def _plan_note(manifest: dict[str, Any], metrics: list[str]) -> list[str]:
     return [" ".join(parts), ""]
 
 
+def _paper_measured(p: dict[str, Any], cell: pd.DataFrame, scores: pd.DataFrame, ds: str, model: str,
+                    metrics: list[str]) -> float:
+    """Our value for a ``[[paper]]`` row: the mean of its metric, or, for a row with ``versus``
+    (a Spearman coefficient between two methods, Rao et al. 2022 supp. §C, Tables 1-2), the
+    Spearman correlation of the two methods' per-sample scores on metric ``of`` (default: the
+    table's only metric), over the samples both have."""
+    if "versus" not in p:
+        return float(cell["mean"].get((p["method"], p["metric"]), np.nan))
+    from saliencybench.metrics.spearman import spearman_versus
+
+    of = p.get("of") or (metrics[0] if len(metrics) == 1 else None)
+    if of is None:
+        return float("nan")
+    sub = scores[(scores["dataset"] == ds) & (scores["model"] == model) & (scores["metric"] == of)
+                 & (scores["status"] == "ok")]
+    return spearman_versus(sub, p["method"], p["versus"])
+
+
 def _fmt(mean: float, lo: float, hi: float) -> str:
     if not np.isfinite(mean):
         return ""
@@ -258,8 +276,9 @@ def render_markdown(results_dir: Path, *, out_path: Path | None = None, figures:
             lines += ["", "Paper reports vs measured here:", "",
                       "| method | metric | paper | measured | source |", "|---|---|---:|---:|---|"]
             for p in prow:
-                meas = cell["mean"].get((p["method"], p["metric"]), np.nan)
-                lines.append(f"| `{p['method']}` | {p['metric']} | {p['value']:.3f} | "
+                meas = _paper_measured(p, cell, scores, ds, model, metrics)
+                what = p["metric"] + (f" vs `{p['versus']}`" if "versus" in p else "")
+                lines.append(f"| `{p['method']}` | {what} | {p['value']:.3f} | "
                              f"{'' if not np.isfinite(meas) else f'{meas:.3f}'} | {p.get('source', '')} |")
         lines.append("")
     figs = figures if figures is not None else sorted((results_dir / "figures").glob("*.png"))
