@@ -433,6 +433,7 @@ def leaderboard(scores: pd.DataFrame, *, higher_is_better: Mapping[str, bool] | 
     from saliencybench.benchmark.leaderboard import (
         LEGEND,
         markdown_tables,
+        plan_note,
         tables_from_scores,
     )
     from saliencybench.benchmark.store import SCORE_COLUMNS
@@ -456,4 +457,5 @@ def leaderboard(scores: pd.DataFrame, *, higher_is_better: Mapping[str, bool] | 
         raise RegistryError(f"direction of metric(s) {sorted(unknown)} unknown: pass "
                             "higher_is_better={name: True/False}")
     agg, ranks = tables_from_scores(scores, manifest)
-    return "\n".join([LEGEND, ""] + markdown_tables(agg, ranks, manifest)).rstrip() + "\n"
+    notes = plan_note(manifest, sorted(agg["metric"].unique()))
+    return "\n".join([LEGEND, ""] + notes + markdown_tables(agg, ranks, manifest, scores)).rstrip() + "\n"

@@ -200,6 +200,33 @@ def test_bundle_costs_two_curves_and_equals_separate_runs(tiny_cnn, tiny_batch):
     assert METRICS.get("lerf").higher_is_better and not METRICS.get("morf").higher_is_better
 
 
+@pytest.mark.parametrize("preset", ["otsuki2024", "none"])
+def test_measurement_keys_match_exactly_the_identical_metrics(tiny_cnn, tiny_batch, preset):
+    """LeRF = Insertion and MoRF = Deletion (values, per sample) on one substrate, and their
+    measurement keys say so from the run.json records; another substrate for LeRF / MoRF
+    makes them a different measurement, and the keys say that too."""
+    x, y = tiny_batch
+    a = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(12))
+    kw = dict(preset=preset, pixels_per_step=128)
+    names = ["insertion", "deletion", "id_score", "lerf", "morf", "lerf_morf_gap"]
+    for sub, same in (("black", True), ("mean", False)):
+        ms = [metric(n, **kw) if n in ("insertion", "deletion", "id_score") else metric(n, substrate=sub, **kw)
+              for n in names]
+        out = run(ms, make_ctx(tiny_cnn, x, y, norm=IMAGENET_NORMALIZATION), a)
+        key = {m.name: PerturbationCurve.measurement_key(m.manifest()) for m in ms}
+        for a_, b_ in (("lerf", "insertion"), ("morf", "deletion"), ("lerf_morf_gap", "id_score")):
+            assert (key[a_] == key[b_]) is same, (a_, sub)
+            assert torch.allclose(out[a_].values, out[b_].values, atol=1e-12) is same, (a_, sub)
+        parts = {m.name: PerturbationCurve.components(m.manifest()) for m in ms}
+        assert parts["id_score"] == (key["insertion"], key["deletion"])
+        assert parts["lerf_morf_gap"] == (key["lerf"], key["morf"])
+        assert parts["insertion"] == () and parts["morf"] == ()
+    # any other curve parameter makes the curves differ: not identical
+    k1 = PerturbationCurve.measurement_key(metric("lerf", **kw).manifest())
+    k2 = PerturbationCurve.measurement_key(metric("insertion", **{**kw, "pixels_per_step": 64}).manifest())
+    assert k1 != k2
+
+
 def test_gap_and_id_are_differences(tiny_cnn, tiny_batch):
     x, y = tiny_batch
     a = torch.randn(4, 1, 32, 32, generator=torch.Generator().manual_seed(11))

@@ -27,8 +27,12 @@ def test_static_table_matches_installed_quantus():
     for name, cls in installed.items():
         higher, category = qa.QUANTUS_METRICS[name]
         assert cls.score_direction in (ScoreDirection.HIGHER, ScoreDirection.LOWER), name
-        assert higher == (cls.score_direction == ScoreDirection.HIGHER), name
         assert category.lower() == cls.evaluation_category.value.lower(), name
+        if name in qa.ORDER_DIRECTION:  # direction follows `order`; the table holds its default's
+            default_order = inspect.signature(cls.__init__).parameters["order"].default
+            assert higher == qa.ORDER_DIRECTION[name][default_order], name
+            continue
+        assert higher == (cls.score_direction == ScoreDirection.HIGHER), name
 
 
 def test_names_are_registered_with_direction():
@@ -112,3 +116,67 @@ def test_batch_level_dict_output_is_broadcast():
     out = qa._to_output({1: 0.5, 5: 0.25}, 3)
     assert out.extra["batch_level"] and out.curve.shape == (3, 2)
     assert torch.allclose(out.values, torch.full((3,), 0.375, dtype=torch.float64))
+
+
+class _PatchLogit(torch.nn.Module):
+    """Logit 0 = sum of the top-left 8x8 patch, logit 1 = 0: only that patch matters."""
+
+    def forward(self, x):
+        s = x[:, :, :8, :8].flatten(1).sum(1)
+        return torch.stack([s, torch.zeros_like(s)], 1)
+
+
+def test_region_perturbation_direction_follows_order():
+    """Quantus RegionPerturbation's curve is the score *drop* f(x) - f(x_perturbed) (Samek et
+    al. 2017, AOPC): removing the truly relevant region first (MoRF) gives a larger area for
+    the better map, removing it last (LeRF) a smaller one. The registered direction follows."""
+    cls = METRICS.get("quantus:RegionPerturbation").obj
+    assert cls.direction({"order": "morf"}) is True and cls.direction({"order": "LeRF"}) is False
+    assert cls.direction({}) is True  # Quantus's default order is "morf"
+    assert cls.direction({"order": "random"}) is None
+    assert METRICS.get("quantus:RegionPerturbation").higher_is_better is True
+    assert METRICS.get("quantus:PixelFlipping").obj.direction({}) is None
+
+    g = torch.Generator().manual_seed(0)
+    x, y = 0.5 + 0.5 * torch.rand(2, 3, 16, 16, generator=g), torch.tensor([0, 0])
+    good = 0.01 * torch.rand(2, 1, 16, 16, generator=g)
+    good[:, :, :8, :8] += 1.0
+    value = {}
+    for order in ("morf", "lerf"):
+        m = cls(name="rp", patch_size=8, regions_evaluation=2, order=order, call_kwargs={"softmax": False})
+        for which, a in (("good", good), ("bad", 1.02 - good)):  # bad: the reverse order
+            value[order, which] = m.evaluate(_ctx(_PatchLogit().eval(), x, y), a).values
+    assert bool((value["morf", "good"] > value["morf", "bad"]).all())   # higher is better
+    assert bool((value["lerf", "good"] < value["lerf", "bad"]).all())   # lower is better
+
+
+def test_region_perturbation_direction_reaches_run_json_and_leaderboard(tmp_path):
+    import json
+
+    from _toy import TOY_TOML, register_all
+    from saliencybench.benchmark.config import load_config
+    from saliencybench.benchmark.leaderboard import metric_directions, render_markdown
+    from saliencybench.benchmark.runner import run_suite
+
+    register_all()
+    toml = TOY_TOML.replace('methods = ["toy_gxi", "toy_noise"]', 'methods = ["toy_gxi"]').replace(
+        'metrics = ["toy_mean", "toy_curve"]', 'metrics = ["rp_morf", "rp_lerf"]').replace(
+        "n_samples = 12", "n_samples = 4")
+    toml += "".join(f"""
+[metrics.rp_{o}]
+base = "quantus:RegionPerturbation"
+patch_size = 8
+regions_evaluation = 2
+order = "{o}"
+""" for o in ("morf", "lerf"))
+    p = tmp_path / "t.toml"
+    p.write_text(toml)
+    cfg = load_config(p)
+    out = tmp_path / "res"
+    run_suite(cfg, out, progress=False)
+    manifest = json.loads((out / "run.json").read_text())
+    assert manifest["metrics"]["rp_morf"]["higher_is_better"] is True
+    assert manifest["metrics"]["rp_lerf"]["higher_is_better"] is False
+    assert "rp_morf ↑" in render_markdown(out) and "rp_lerf ↓" in render_markdown(out)
+    # without the run.json records (older runs), the config's `order` decides the same way
+    assert metric_directions({"config": cfg.to_dict()}, ["rp_morf", "rp_lerf"]) == {"rp_morf": True, "rp_lerf": False}

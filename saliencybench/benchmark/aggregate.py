@@ -3,8 +3,8 @@
 Only rows with ``status == "ok"`` are aggregated; the number of rejected samples and why
 are kept beside the means, so nothing silently disappears. Ranks are per (dataset, model,
 metric) with 1 = best in the metric's direction; the overall rank is the mean of a method's
-per-metric ranks over the metrics it has (a method missing a metric is not averaged over it,
-and is flagged).
+ranks over the distinct measurements it has (a method missing one is not averaged over it, and
+is flagged); which metrics are one measurement is decided by the caller (:func:`overall_rank`).
 """
 
 from __future__ import annotations
@@ -62,9 +62,20 @@ def aggregate(scores: pd.DataFrame, directions: Mapping[str, bool], *, n_boot: i
     return agg.drop(columns="_signed")
 
 
-def overall_rank(agg: pd.DataFrame) -> pd.DataFrame:
-    """Mean per-metric rank of each method per (dataset, model), with the metrics counted."""
-    g = agg.dropna(subset=["rank"]).groupby(["dataset", "model", "method"])
+def overall_rank(agg: pd.DataFrame, counted: Mapping[str, str] | None = None) -> pd.DataFrame:
+    """Mean rank of each method per (dataset, model) over distinct measurements, with their count.
+
+    ``counted`` maps each metric that enters the overall rank to the measurement it stands for:
+    metrics mapped to the same measurement (identical by construction, e.g. LeRF and Insertion
+    on one substrate) count once, with the mean of their ranks; metrics left out of the mapping
+    (e.g. a difference of two metrics that are both counted) do not count. ``None``: every
+    metric is its own measurement. ``n_metrics`` is the number of measurements averaged.
+    """
+    a = agg.dropna(subset=["rank"])
+    if counted is not None:
+        a = a[a["metric"].isin(list(counted))].assign(metric=lambda d: d["metric"].map(counted))
+        a = a.groupby(["dataset", "model", "method", "metric"], as_index=False)["rank"].mean()
+    g = a.groupby(["dataset", "model", "method"])
     out = g["rank"].agg(["mean", "count"]).rename(columns={"mean": "mean_rank", "count": "n_metrics"}).reset_index()
     out["overall_rank"] = out.groupby(["dataset", "model"])["mean_rank"].rank(method="min")
     return out

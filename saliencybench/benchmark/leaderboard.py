@@ -2,9 +2,26 @@
 
 One table per (dataset, model): methods as rows, metrics as columns with their direction
 (↑ higher is better, ↓ lower is better), mean and 95% bootstrap CI, best in bold, per-metric
-rank, and an overall rank (mean of per-metric ranks). Rows are sorted by ID score when the
-suite has it, else by overall rank. Cells a method has no value for stay empty. Where the
-suite config lists a paper's number, a "paper reports" table puts it beside ours.
+rank, and an overall rank. Rows are sorted by ID score when the suite has it, else by overall
+rank. Cells a method has no value for stay empty. Where the suite config lists a paper's number,
+a "paper reports" table puts it beside ours.
+
+Overall rank: the mean of a method's ranks over the *distinct measurements* of the run, each
+counted once (:func:`measurement_plan`). Which metrics are one measurement is read from the
+run's metric parameters (run.json, else the suite config) through each metric class's
+``measurement_key`` / ``components``, never from metric names:
+
+- metrics identical by construction (equal keys; e.g. LeRF and Insertion, MoRF and Deletion on
+  one substrate with the same steps, ties and target: Jeon et al. 2022 supp. §G flips the
+  pixels that Otsuki et al. 2024 supp. Eq. 9-10 insert or delete) form one measurement, with
+  the mean of their (equal) ranks;
+- a derived metric (ID score = Insertion - Deletion, Otsuki et al. 2024 §5; the LeRF-MoRF gap)
+  does not count where the run measures every metric it is computed from: Insertion and
+  Deletion already count once each, with equal weight, and ranking the difference as well would
+  count each of them a second time. Where a component is missing, the derived metric counts.
+  ID score still orders the rows.
+
+A note under the introduction names the identical and the derived columns of the run.
 """
 
 from __future__ import annotations
@@ -26,8 +43,10 @@ LEGEND = (
     "Each cell is the mean over samples ± half the width of its 95% percentile-bootstrap "
     "confidence interval (1000 resamples). ↑ higher is better, ↓ lower is better; the best "
     "mean per column is **bold**; `(r)` is the method's rank on that metric. *Overall* is the "
-    "mean of a method's per-metric ranks over the metrics it has (its count in brackets when "
-    "it lacks some). Rows are sorted by ID score where the suite has it, else by overall rank. "
+    "mean of a method's ranks over the distinct measurements it has, each counted once "
+    "(its count in brackets when it lacks some): metrics identical by construction count "
+    "once, and a difference of two counted metrics (such as the ID score) does not count. Rows are "
+    "sorted by ID score where the suite has it, else by overall rank. "
     "Empty cells: the metric does not apply to the method."
 )
 
@@ -40,10 +59,68 @@ def metric_directions(manifest: dict[str, Any], metrics: list[str]) -> dict[str,
         info = manifest.get("metrics", {}).get(m, {})
         if "higher_is_better" in info:
             out[m] = bool(info["higher_is_better"])
-        else:
-            base = manifest.get("config", {}).get("metrics", {}).get(m, {}).get("base", m)
-            out[m] = bool(METRICS.get(base).meta["higher_is_better"]) if base in METRICS else True
+        else:  # no run.json record: the config's parameters, then the registry
+            params = dict(manifest.get("config", {}).get("metrics", {}).get(m, {}))
+            base = params.pop("base", m)
+            if base not in METRICS:
+                out[m] = True
+                continue
+            entry = METRICS.get(base)
+            own = entry.obj.direction({**dict(entry.meta.get("defaults", {})), **params}) \
+                if hasattr(entry.obj, "direction") else None
+            out[m] = bool(entry.meta["higher_is_better"]) if own is None else bool(own)
     return out
+
+
+def _metric_class_and_record(manifest: dict[str, Any], metric: str) -> tuple[type | None, dict[str, Any]]:
+    """The registered class of ``metric`` and its parameter record (run.json, else the config)."""
+    from saliencybench.benchmark.registry import METRICS
+
+    cfg_params = dict(manifest.get("config", {}).get("metrics", {}).get(metric, {}))
+    base = str(cfg_params.pop("base", metric))
+    entry = METRICS.get(base) if base in METRICS else None
+    record = manifest.get("metrics", {}).get(metric)
+    if record is None:
+        if entry is None:
+            return None, {}
+        record = {**dict(entry.meta.get("defaults", {})), **cfg_params}
+    return (entry.obj if entry is not None else None), dict(record)
+
+
+def measurement_plan(manifest: dict[str, Any], metrics: list[str]) -> tuple[dict[str, str], list[list[str]], dict[str, list[str]]]:
+    """Which metrics of a run count in the overall rank, and as which measurement.
+
+    Returns ``(counted, identical, derived)``: ``counted`` maps each counted metric to the
+    first metric (in table order) of its group of identical ones; ``identical`` lists the
+    groups with more than one metric; ``derived`` maps each left-out derived metric to the
+    metrics it is computed from. See the module docstring for the rule.
+    """
+    metrics = _order(list(metrics), manifest)
+    keys: dict[str, Any] = {}
+    comps: dict[str, tuple] = {}
+    for m in metrics:
+        cls, record = _metric_class_and_record(manifest, m)
+        key, parts = None, ()
+        if cls is not None and hasattr(cls, "measurement_key"):
+            try:
+                key, parts = cls.measurement_key(record), tuple(cls.components(record))
+            except Exception:  # an unreadable record: count the metric on its own
+                key, parts = None, ()
+        keys[m], comps[m] = key, parts
+    first: dict[Any, str] = {}
+    label: dict[str, str] = {}
+    for m in metrics:
+        label[m] = m if keys[m] is None else first.setdefault(keys[m], m)
+    identical = [[m for m in metrics if label[m] == lab] for lab in dict.fromkeys(label.values())]
+    identical = [g for g in identical if len(g) > 1]
+    counted: dict[str, str] = {}
+    derived: dict[str, list[str]] = {}
+    for m in metrics:
+        if comps[m] and all(c in first for c in comps[m]):
+            derived[m] = [first[c] for c in comps[m]]
+        else:
+            counted[m] = label[m]
+    return counted, identical, derived
 
 
 def build_tables(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[str, Any]]:
@@ -53,10 +130,50 @@ def build_tables(results_dir: Path) -> tuple[pd.DataFrame, pd.DataFrame, dict[st
 
 
 def tables_from_scores(scores: pd.DataFrame, manifest: dict[str, Any]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Aggregate (mean, CI, rank per metric) and overall ranks of a long-format scores table."""
-    directions = metric_directions(manifest, sorted(scores["metric"].unique()))
+    """Aggregate (mean, CI, rank per metric) and overall ranks (each distinct measurement
+    counted once, :func:`measurement_plan`) of a long-format scores table."""
+    metrics = sorted(scores["metric"].unique())
+    directions = metric_directions(manifest, metrics)
     agg = aggregate(scores, directions, seed=int(manifest.get("seed", 0)))
-    return agg, overall_rank(agg)
+    counted, _, _ = measurement_plan(manifest, metrics)
+    return agg, overall_rank(agg, counted)
+
+
+def plan_note(manifest: dict[str, Any], metrics: list[str]) -> list[str]:
+    counted, identical, derived = measurement_plan(manifest, metrics)
+    if not identical and not derived:
+        return []
+    parts = []
+    if identical:
+        parts.append("Identical by construction (same perturbed images and parameters in run.json), "
+                     "counted once in *overall*: "
+                     + "; ".join(" = ".join(f"`{m}`" for m in g) for g in identical) + ".")
+    if derived:
+        parts.append("Derived from columns counted already, not counted in *overall*: "
+                     + "; ".join(f"`{m}` (from {', '.join(f'`{c}`' for c in cs)})" for m, cs in derived.items())
+                     + ".")
+    distinct = list(dict.fromkeys(counted.values()))
+    parts.append(f"*Overall* averages {len(distinct)} distinct measurements: "
+                 + ", ".join(f"`{m}`" for m in distinct) + ".")
+    return [" ".join(parts), ""]
+
+
+def _paper_measured(p: dict[str, Any], cell: pd.DataFrame, scores: pd.DataFrame, ds: str, model: str,
+                    metrics: list[str]) -> float:
+    """Our value for a ``[[paper]]`` row: the mean of its metric, or, for a row with ``versus``
+    (a Spearman coefficient between two methods, Rao et al. 2022 supp. §C, Tables 1-2), the
+    Spearman correlation of the two methods' per-sample scores on metric ``of`` (default: the
+    table's only metric), over the samples both have."""
+    if "versus" not in p:
+        return float(cell["mean"].get((p["method"], p["metric"]), np.nan))
+    from saliencybench.metrics.spearman import spearman_versus
+
+    of = p.get("of") or (metrics[0] if len(metrics) == 1 else None)
+    if of is None:
+        return float("nan")
+    sub = scores[(scores["dataset"] == ds) & (scores["model"] == model) & (scores["metric"] == of)
+                 & (scores["status"] == "ok")]
+    return spearman_versus(sub, p["method"], p["versus"])
 
 
 def _fmt(mean: float, lo: float, hi: float) -> str:
@@ -79,7 +196,9 @@ def _rel(path: Path, start: Path) -> str:
 
 def render_markdown(results_dir: Path, *, out_path: Path | None = None, figures: list[Path] | None = None) -> str:
     results_dir = Path(results_dir)
-    agg, ranks, manifest = build_tables(results_dir)
+    manifest = read_manifest(results_dir)
+    scores = read_scores(results_dir)
+    agg, ranks = tables_from_scores(scores, manifest)
     base = (out_path or results_dir / "leaderboard.md").resolve().parent
     suite = manifest.get("suite", results_dir.name)
     lines = [
@@ -91,6 +210,7 @@ def render_markdown(results_dir: Path, *, out_path: Path | None = None, figures:
         LEGEND,
         "",
     ]
+    lines += plan_note(manifest, sorted(agg["metric"].unique()))
     env = manifest.get("environment", {})
     if manifest:
         lines += [
@@ -99,7 +219,7 @@ def render_markdown(results_dir: Path, *, out_path: Path | None = None, figures:
             f"manifest: `{_rel(results_dir.resolve() / 'run.json', base)}`.",
             "",
         ]
-    lines += markdown_tables(agg, ranks, manifest)
+    lines += markdown_tables(agg, ranks, manifest, scores)
     figs = figures if figures is not None else sorted((results_dir / "figures").glob("*.png"))
     if figs:
         lines += ["## Figures", ""]
@@ -120,10 +240,12 @@ def render_markdown(results_dir: Path, *, out_path: Path | None = None, figures:
     return "\n".join(lines).rstrip() + "\n"
 
 
-def markdown_tables(agg: pd.DataFrame, ranks: pd.DataFrame, manifest: dict[str, Any]) -> list[str]:
+def markdown_tables(agg: pd.DataFrame, ranks: pd.DataFrame, manifest: dict[str, Any],
+                    scores: pd.DataFrame) -> list[str]:
     """The per (dataset, model) markdown tables (lines), shared by ``render_markdown`` and
     :func:`saliencybench.leaderboard`."""
     lines: list[str] = []
+    counted, _, _ = measurement_plan(manifest, sorted(agg["metric"].unique()))
     paper = manifest.get("config", {}).get("paper", [])
     for (ds, model), g in agg.groupby(["dataset", "model"], sort=True):
         metrics = _order(sorted(g["metric"].unique()), manifest)
@@ -145,6 +267,7 @@ def markdown_tables(agg: pd.DataFrame, ranks: pd.DataFrame, manifest: dict[str, 
         lines.append("")
         header = ["method"] + [f"{met} {ARROW[bool(g[g['metric'] == met]['higher_is_better'].iloc[0])]}" for met in metrics] + ["overall"]
         lines.append("| " + " | ".join(header) + " |")
+        n_distinct = len({counted[m] for m in metrics if m in counted})
         lines.append("|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|")
         for m in methods:
             row = [f"`{m}`"]
@@ -163,7 +286,7 @@ def markdown_tables(agg: pd.DataFrame, ranks: pd.DataFrame, manifest: dict[str, 
                 row.append(txt)
             if m in r.index:
                 n_m = int(r.loc[m, "n_metrics"])
-                ov = f"{r.loc[m, 'mean_rank']:.2f}" + (f" [{n_m}/{len(metrics)}]" if n_m < len(metrics) else "")
+                ov = f"{r.loc[m, 'mean_rank']:.2f}" + (f" [{n_m}/{n_distinct}]" if n_m < n_distinct else "")
             else:
                 ov = ""
             row.append(ov)
@@ -178,8 +301,9 @@ def markdown_tables(agg: pd.DataFrame, ranks: pd.DataFrame, manifest: dict[str, 
             lines += ["", "Paper reports vs measured here:", "",
                       "| method | metric | paper | measured | source |", "|---|---|---:|---:|---|"]
             for p in prow:
-                meas = cell["mean"].get((p["method"], p["metric"]), np.nan)
-                lines.append(f"| `{p['method']}` | {p['metric']} | {p['value']:.3f} | "
+                meas = _paper_measured(p, cell, scores, ds, model, metrics)
+                what = p["metric"] + (f" vs `{p['versus']}`" if "versus" in p else "")
+                lines.append(f"| `{p['method']}` | {what} | {p['value']:.3f} | "
                              f"{'' if not np.isfinite(meas) else f'{meas:.3f}'} | {p.get('source', '')} |")
         lines.append("")
     return lines

@@ -660,6 +660,11 @@ class Runner:
         self.stats.parts_computed += 1
 
     # -- manifest ----------------------------------------------------------------------------
+    def _direction(self, metric: Metric) -> bool:
+        """The instance's direction where its parameters decide it, else the registry's."""
+        own = metric.direction(metric.params)
+        return bool(own) if own is not None else bool(self.suite.metric_entry(metric.name).meta["higher_is_better"])
+
     def _manifest(self, metrics: list[Metric], seconds: float, scores: pd.DataFrame) -> dict[str, Any]:
         status_counts = scores.groupby("status").size().to_dict() if len(scores) else {}
         return {
@@ -673,9 +678,7 @@ class Runner:
             "models": self.model_info,
             "methods": {m: {**self._method_record(m), "paper": self.suite.method_entry(m).meta.get("paper", "")}
                         for m in self.suite.methods},
-            "metrics": {m.name: {**m.manifest(),
-                                 "higher_is_better": self.suite.metric_entry(m.name).meta["higher_is_better"]}
-                        for m in metrics},
+            "metrics": {m.name: {**m.manifest(), "higher_is_better": self._direction(m)} for m in metrics},
             "attribution_calls": {m: self.stats.attribution_calls.get(m, 0) for m in self.suite.methods},
             "timings": {
                 "total_seconds": round(seconds, 3),

@@ -71,5 +71,33 @@ class Metric:
         """Parameters recorded in run.json."""
         return {"class": type(self).__name__, **self.params}
 
+    @classmethod
+    def direction(cls, params: dict[str, Any]) -> bool | None:
+        """``higher_is_better`` of a metric with these parameters when they decide it, else None
+        (the registry's). The runner records the result in run.json, where the leaderboard
+        reads it."""
+        return None
+
+    # -- what a metric measures (for aggregates that must not count one measurement twice) ---
+    @classmethod
+    def measurement_key(cls, record: dict[str, Any]) -> Hashable | None:
+        """Key of what a metric with manifest ``record`` measures, or None (unique).
+
+        Two metrics of a run whose keys are equal (and not None) give the same value for every
+        sample by construction, e.g. LeRF and Insertion on one substrate; the leaderboard
+        counts them once. ``record`` is the metric's entry in run.json (:meth:`manifest`).
+        """
+        return None
+
+    @classmethod
+    def components(cls, record: dict[str, Any]) -> tuple[Hashable, ...]:
+        """Measurement keys this metric is a function of (empty: a primary measurement).
+
+        E.g. the ID score (Insertion - Deletion) returns the keys of the Insertion and Deletion
+        it is computed from; where a run measures all of them, the derived metric adds no
+        measurement of its own.
+        """
+        return ()
+
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, params={self.params!r})"

@@ -417,6 +417,61 @@ class PerturbationCurve(Metric):
     def manifest(self) -> dict[str, Any]:
         return {"class": type(self).__name__, **self.params, "resolved": asdict(self.settings)}
 
+    # -- identity by construction -----------------------------------------------------------
+    @staticmethod
+    def _record_settings(record: dict[str, Any]) -> CurveSettings | None:
+        resolved = record.get("resolved")
+        try:
+            if isinstance(resolved, dict):
+                return CurveSettings(**resolved).validate()
+            params = {k: v for k, v in record.items() if k not in ("class", "higher_is_better", "base")}
+            return resolve_settings(params)
+        except (TypeError, ValueError):
+            return None
+
+    @staticmethod
+    def _curve_keys(st: CurveSettings) -> dict[str, tuple]:
+        """Key of each curve's AUC: the images it scores and how its area is taken.
+
+        "keep" images hold the top-n units of x (Insertion; LeRF after N-n removals), "remove"
+        images hold the substrate there (Deletion; MoRF). LeRF on the deletion substrate is
+        sampled on the mirror of the insertion grid and its AUC (trapezoid or uniform) is
+        invariant under that mirror, so it equals Insertion when both substrates agree.
+        """
+        common = st.engine_key() + (st.auc, bool(st.relative))
+        return {
+            "insertion": ("keep", st.ins_substrate) + common,
+            "lerf": ("keep", st.del_substrate) + common,
+            "deletion": ("remove", st.del_substrate) + common,
+            "morf": ("remove", st.del_substrate) + common,
+        }
+
+    @classmethod
+    def measurement_key(cls, record: dict[str, Any]) -> Hashable | None:
+        """Insertion / LeRF and Deletion / MoRF on one substrate (Otsuki et al. 2024 supp.
+        Eq. 9-10; Jeon et al. 2022 supp. §G) give equal keys, and so do ID score and the
+        LeRF-MoRF gap; everything else about the curves (grid, ties, target, output, AUC,
+        patches, blur, autocast) must match too."""
+        st = cls._record_settings(record)
+        if st is None:
+            return None
+        keys = cls._curve_keys(st)
+        if st.kind == "id_score":
+            return ("difference", keys["insertion"], keys["deletion"])
+        if st.kind == "lerf_morf_gap":
+            return ("difference", keys["lerf"], keys["morf"])
+        return ("auc", keys[st.kind])
+
+    @classmethod
+    def components(cls, record: dict[str, Any]) -> tuple[Hashable, ...]:
+        """ID score = Insertion - Deletion (Otsuki et al. 2024 §5); the gap = LeRF - MoRF."""
+        st = cls._record_settings(record)
+        if st is None or st.kind not in ("id_score", "lerf_morf_gap"):
+            return ()
+        keys = cls._curve_keys(st)
+        a, b = ("insertion", "deletion") if st.kind == "id_score" else ("lerf", "morf")
+        return (("auc", keys[a]), ("auc", keys[b]))
+
     def evaluate(self, ctx: EvalContext, attribution: Tensor) -> MetricOutput:
         return self.evaluate_group([self], ctx, attribution)[self.name]
 

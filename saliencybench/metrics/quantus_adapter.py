@@ -77,7 +77,7 @@ QUANTUS_METRICS: dict[str, tuple[bool, str]] = {
     "PointingGame": (True, "Localisation"),
     "ROAD": (False, "Faithfulness"),
     "RandomLogit": (False, "Randomisation"),
-    "RegionPerturbation": (False, "Faithfulness"),
+    "RegionPerturbation": (True, "Faithfulness"),  # for its default order="morf"; see ORDER_DIRECTION
     "RelativeInputStability": (False, "Robustness"),
     "RelativeOutputStability": (False, "Robustness"),
     "RelativeRepresentationStability": (False, "Robustness"),
@@ -91,6 +91,17 @@ QUANTUS_METRICS: dict[str, tuple[bool, str]] = {
     "TopKIntersection": (True, "Localisation"),
 }
 NEEDS_METHOD = {"Robustness", "Randomisation"} | {"InputInvariance"}
+
+#: Metrics whose direction follows their ``order`` parameter, where the table above disagrees
+#: with Quantus 0.6's class-level ``score_direction``. RegionPerturbation (Samek et al. 2017,
+#: §III, AOPC) returns per step the *drop* f(x) - f(x_perturbed) of the class score; Quantus
+#: declares ``ScoreDirection.LOWER`` for every order, but removing the most relevant regions
+#: first (``order="morf"``, its default) should make the score fall fast, so a larger drop,
+#: i.e. a larger area, is better, while for ``order="lerf"`` the least relevant regions go first
+#: and a smaller drop is better. ``order="random"`` ignores the attribution: the table's value.
+ORDER_DIRECTION: dict[str, dict[str, bool]] = {
+    "RegionPerturbation": {"morf": True, "lerf": False},
+}
 
 
 def import_quantus() -> Any:
@@ -160,6 +171,15 @@ class QuantusMetric(Metric):
     def needs_method(self) -> bool:  # type: ignore[override]
         cat = QUANTUS_METRICS.get(self.quantus_class, (True, ""))[1]
         return cat in NEEDS_METHOD or self.quantus_class in NEEDS_METHOD
+
+    @classmethod
+    def direction(cls, params: dict[str, Any]) -> bool | None:
+        """Direction from the ``order`` parameter for the metrics in :data:`ORDER_DIRECTION`
+        (RegionPerturbation: morf -> higher is better, lerf -> lower is better)."""
+        by_order = ORDER_DIRECTION.get(cls.quantus_class)
+        if not by_order:
+            return None
+        return by_order.get(str(params.get("order", "morf")).lower())
 
     def manifest(self) -> dict[str, Any]:
         return {
@@ -236,7 +256,9 @@ def _register_all() -> None:
         })
         register_metric(
             f"quantus:{cls_name}", higher_is_better=higher, paper="Hedström et al. 2023 (Quantus)",
-            description=f"Quantus {cls_name} ({category})",
+            description=f"Quantus {cls_name} ({category})" + (
+                "; direction follows `order`: " + ", ".join(f"{o} {'↑' if h else '↓'}" for o, h in ORDER_DIRECTION[cls_name].items())
+                if cls_name in ORDER_DIRECTION else ""),
         )(sub)
 
 

@@ -1,7 +1,8 @@
 """Spearman rank correlation of per-sample localization scores (Rao et al. 2022, supp. §C).
 
 :func:`spearman_matrix` correlates the per-(grid, cell) scores of every pair of
-(method, layer) labels over the samples both have (003 Fig. 19);
+(method, layer) labels over the samples both have (003 Fig. 19), :func:`spearman_versus` one
+pair (the leaderboard's measured value for a ``[[paper]]`` row with ``versus``);
 :func:`kernel_sweep_table` builds the S-IntGrad / S-IxG smoothing sweep against Grad-CAM at
 the final layer (003 supp. Tables 1-2). Both are pure functions of a long-format DataFrame;
 :func:`plot_spearman` draws the heatmap.
@@ -41,6 +42,18 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
     rb -= rb.mean()
     den = np.sqrt((ra * ra).sum() * (rb * rb).sum())
     return float((ra * rb).sum() / den) if den > 0 else float("nan")
+
+
+def spearman_versus(df: pd.DataFrame, a: str, b: str, *, label: str = "method", key: str = "sample_id",
+                    value: str = "value") -> float:
+    """Spearman's rho between the per-sample scores of ``label`` values ``a`` and ``b``, matched
+    on ``key`` (NaN when either is absent): one entry of 003 supp. Tables 1-2, e.g. a smoothed
+    method against Grad-CAM at the final layer."""
+    sub = df[df[label].isin([a, b])]
+    wide = sub.pivot_table(index=key, columns=label, values=value, aggfunc="first")
+    if a not in wide.columns or b not in wide.columns:
+        return float("nan")
+    return spearman(wide[a].to_numpy(dtype=float), wide[b].to_numpy(dtype=float))
 
 
 def spearman_matrix(df: pd.DataFrame, *, label: str = "method", key: str = "sample_id",
