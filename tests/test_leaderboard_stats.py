@@ -125,11 +125,11 @@ def test_missing_metric_is_flagged_against_distinct_count(tmp_path):
 
 
 def test_default_suite_lerf_morf_are_their_own_measurements():
-    """configs/default.toml: LeRF / MoRF must not repeat Insertion / Deletion (Jeon et al. 2022
+    """The default suite: LeRF / MoRF must not repeat Insertion / Deletion (Jeon et al. 2022
     pixel flipping on another substrate than the Otsuki et al. 2024 black one)."""
     from saliencybench.benchmark.leaderboard import measurement_plan
 
-    cfg = load_config(ROOT / "configs" / "default.toml")
+    cfg = load_config(ROOT / "saliencybench" / "configs" / "default.toml")
     manifest = {"config": cfg.to_dict()}
     counted, identical, derived = measurement_plan(manifest, list(cfg.metrics))
     assert identical == []
@@ -158,7 +158,7 @@ def test_suite_paper_rows_with_versus_name_a_metric_to_correlate():
     """Every committed suite's ``versus`` row can be measured: the suite has one metric, or the
     row names it with ``of``; its methods are in the suite."""
     n = 0
-    for path in sorted((ROOT / "configs").glob("*.toml")):
+    for path in sorted((ROOT / "saliencybench" / "configs").glob("*.toml")):
         cfg = load_config(path)
         for p in cfg.paper:
             if "versus" not in p:
