@@ -20,6 +20,13 @@ its logit (§4.1); linear layers by :func:`~saliencybench.attributions.lrp_rules
 residual merge Relevance Splitting (Eq. 4 / 5, §4.3), optionally with no relevance through
 identity skips (§4.4, Table 2 "Include identical"); projection skips
 propagate with the same rule as the main branch.
+
+Two choices of the official code of Otsuki et al. 2024 are parameters (``LRPConfig``):
+``input_rule`` for the first linear layer, the one that sees the image (``ones``: z+ on a tensor
+of ones, as the official code; ``zplus``: z+ on the normalised image; ``zbox``; ``flat``; see
+:func:`~saliencybench.attributions.lrp_rules.input_relevance`), and ``maxpool`` (``wta``: the
+max pool's own z rule, relevance to the arg-max; ``avg2``: a 2x2 average pool, stride 2, in its
+place in the relevance pass, as the official code).
 """
 
 from __future__ import annotations
