@@ -188,6 +188,44 @@ def test_cub_box_mask_scales_with_resize():
     assert (ys.min().item(), ys.max().item()) == (20, 29)
 
 
+def _pil_expected(path, size_wh, box_lt, s):
+    """Independent expectation: PIL bilinear resize to ``size_wh``, crop at ``box_lt``, S x S."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im = im.convert("RGB").resize(size_wh, Image.Resampling.BILINEAR)
+        im = im.crop((box_lt[0], box_lt[1], box_lt[0] + s, box_lt[1] + s))
+    pix = torch.from_numpy(np.asarray(im).copy()).permute(2, 0, 1).float().div(255.0)
+    return IMAGENET_NORMALIZATION.from_pixel(pix[None])[0]
+
+
+def test_cub_test_transform_is_resize_then_center_crop(tmp_path):
+    # Otsuki et al. 2024 official test transform: Resize(int(S / 0.875)) (256 for 224) on the
+    # shorter side, CenterCrop(S). Fake images are 50 x 40 (W x H): with S = 40 the shorter side
+    # becomes int(40 / 0.875) = 45, the longer int(45 * 50 / 40) = 56; the crop starts at
+    # (round(16 / 2), round(5 / 2)) = (8, 2).
+    assert cub_mod.crop_box((500, 375), 224) == ((341, 256), (58, 16))
+    assert cub_mod.crop_box((50, 40), 40) == ((56, 45), (8, 2))
+    cub_dir = make_fake_cub(tmp_path / "cub", n_classes=2, train_per_class=1, test_per_class=2)
+    s = load("cub", root=tmp_path / "cub", n_samples=None, image_size=40, val_size=2, num_workers=1)
+    assert s.x.shape == (4, 3, 40, 40) and s.info["resize"] == "center_crop"
+    path = cub_dir / "images" / (s.sample_ids[0] + ".jpg")
+    assert torch.allclose(s.x[0], _pil_expected(path, (56, 45), (8, 2), 40), atol=1e-5)
+    # the old whole-image resize stays available as resize="square"
+    sq = load("cub", root=tmp_path / "cub", n_samples=None, image_size=40, val_size=2, num_workers=1,
+              resize="square")
+    assert torch.allclose(sq.x[0], _pil_expected(path, (40, 40), (0, 0), 40), atol=1e-5)
+    assert not torch.allclose(sq.x[0], s.x[0], atol=1e-3)
+    # masks follow the crop: the fake segmentation is the box, so both masks agree
+    b = load("cub", root=tmp_path / "cub", n_samples=None, image_size=40, val_size=2, mask="bbox",
+             num_workers=1)
+    inter = (s.mask * b.mask).sum((1, 2, 3))
+    union = ((s.mask + b.mask) > 0).float().sum((1, 2, 3))
+    assert bool((inter / union > 0.85).all())
+    with pytest.raises(ValueError, match="resize must be one of center_crop, square"):
+        load("cub", root=tmp_path / "cub", n_samples=None, image_size=40, val_size=2, resize="crop")
+
+
 def test_cub_errors_name_the_missing_file(tmp_path):
     cub_dir = make_fake_cub(tmp_path / "cub", n_classes=2, train_per_class=2, test_per_class=1,
                             segmentations=False)

@@ -23,7 +23,19 @@ The "signed" merge of the plain rules is the standard LRP sum rule (zennit's ``N
 ``Sum`` its ResNet canonizer inserts), and they fold each eval-mode BatchNorm into the conv
 before it (``canonize_bn``, zennit's ``MergeBatchNorm``): without the fold the epsilon rule
 divides by the pre-BN conv output and its relevance explodes on BN networks. ``lrp_resnet*``
-keep the paper's rule, BatchNorm passes relevance unchanged (001 §3.1). Heat Quantization is
+keep the paper's rule, BatchNorm passes relevance unchanged (001 §3.1).
+
+First layer and max pooling of ``lrp_resnet*`` (parameters ``input_rule`` and ``maxpool``,
+:func:`~saliencybench.attributions.lrp_rules.input_relevance`): z+ on the signed, normalised
+image (``input_rule="zplus"``) has denominators that cross zero, so a few pixels get huge
+relevance of either sign. The official code of Otsuki et al. 2024 replaces the image by ones
+for that step (``ones``) and relevance-propagates max pooling through a 2x2 average pool
+(``maxpool="avg2"``). The registry default is ``input_rule="ones"`` with ``maxpool="wta"``
+(relevance to the max pool's arg-max), chosen by the comparison on the default zoo in the
+README; the paper suites set ``maxpool="avg2"`` as the official code does. ``zbox`` (z^B with
+the box of the normalised pixel range, needs ``input_mean`` / ``input_std``) and ``flat`` are
+the other choices. The plain LRP rules keep z+ / epsilon on the image and the arg-max pooling
+(zennit's defaults, which they are cross-checked against). Heat Quantization is
 the shared ``quantize:8`` post-processing step
 (:func:`saliencybench.attributions.postprocess.heat_quantize`).
 """
@@ -70,7 +82,8 @@ def lrp_resnet_with_checkpoints(
 
 
 _RESNET = dict(rule="zplus", split="ratio", include_identity=True, init="prob",
-               stabilizer=0.0, zplus_mode="paper")
+               stabilizer=0.0, zplus_mode="paper", input_rule="ones", maxpool="wta",
+               input_mean=None, input_std=None)
 _BASELINE = dict(canonize_bn=True, split="signed", include_identity=True, init="logit",
                  epsilon=1e-6, stabilizer=1e-6, zplus_mode="alpha1beta0")
 

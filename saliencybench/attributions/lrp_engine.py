@@ -20,6 +20,13 @@ its logit (§4.1); linear layers by :func:`~saliencybench.attributions.lrp_rules
 residual merge Relevance Splitting (Eq. 4 / 5, §4.3), optionally with no relevance through
 identity skips (§4.4, Table 2 "Include identical"); projection skips
 propagate with the same rule as the main branch.
+
+Two choices of the official code of Otsuki et al. 2024 are parameters (``LRPConfig``):
+``input_rule`` for the first linear layer, the one that sees the image (``ones``: z+ on a tensor
+of ones, as the official code; ``zplus``: z+ on the normalised image; ``zbox``; ``flat``; see
+:func:`~saliencybench.attributions.lrp_rules.input_relevance`), and ``maxpool`` (``wta``: the
+max pool's own z rule, relevance to the arg-max; ``avg2``: a 2x2 average pool, stride 2, in its
+place in the relevance pass, as the official code).
 """
 
 from __future__ import annotations
@@ -33,9 +40,13 @@ from torch import Tensor, nn
 
 from saliencybench.attributions.lrp_rules import (
     LINEAR_TYPES,
+    INPUT_RULES,
+    MAXPOOL_MODES,
     POOL_TYPES,
     SPLIT_MODES,
     LayerRule,
+    avg2_pool,
+    input_relevance,
     linear_relevance,
     pool_relevance,
     split_relevance,
@@ -108,8 +119,31 @@ class LRPConfig:
     # rule, "epsilon" only where the epsilon rule applies (whose denominator must include BN's
     # shift), False: BN passes relevance unchanged (001 §3.1)
     canonize_bn: bool | str = False
+    # the first linear layer's rule (lrp_rules.input_relevance): zplus on the signed image,
+    # ones (001 official code), zbox (bounds of the normalised pixel range [0, 1], from
+    # input_mean / input_std), flat
+    input_rule: str = "zplus"
+    input_mean: tuple[float, ...] | None = None
+    input_std: tuple[float, ...] | None = None
+    # max pooling in the relevance pass: wta (z rule of the max pool: relevance to the
+    # arg-max) or avg2 (a 2x2 average pool, stride 2, in its place: 001 official code)
+    maxpool: str = "wta"
 
     def __post_init__(self) -> None:
+        if self.input_rule not in INPUT_RULES:
+            raise ValueError(f"unknown input_rule '{self.input_rule}' ({', '.join(INPUT_RULES)})")
+        if self.maxpool not in MAXPOOL_MODES:
+            raise ValueError(f"unknown maxpool '{self.maxpool}' ({', '.join(MAXPOOL_MODES)})")
+        for k in ("input_mean", "input_std"):
+            v = getattr(self, k)
+            if v is not None:
+                v = (float(v),) if isinstance(v, (int, float)) else tuple(float(t) for t in v)
+                object.__setattr__(self, k, v)
+        if self.input_rule == "zbox" and (self.input_mean is None or self.input_std is None):
+            raise ValueError("input_rule='zbox' needs input_mean and input_std (the normalisation "
+                             "of the model input; the box is (0 - mean) / std .. (1 - mean) / std)")
+        if self.input_std is not None and any(v <= 0 for v in self.input_std):
+            raise ValueError(f"input_std must be positive, got {self.input_std}")
         if self.rule not in ("zplus", "epsilon", "mixture"):
             raise ValueError(f"unknown LRP rule '{self.rule}' (zplus, epsilon or mixture)")
         if self.split not in SPLIT_MODES:
@@ -352,8 +386,9 @@ def _per_sample_sum(r: Tensor) -> Tensor:
 
 class _Pass:
     def __init__(self, cfg: LRPConfig, tr: _Trace, n_blocks: int, blocks: list[Node],
-                 sums: dict[str, Tensor] | None) -> None:
+                 sums: dict[str, Tensor] | None, input_node: str | None = None) -> None:
         self.cfg, self.tr, self.n_blocks, self.sums = cfg, tr, n_blocks, sums
+        self.input_node = input_node
         self.first = blocks[0].name if blocks else None
         self.last = blocks[-1].name if blocks else None
         self.checkpoints: dict[str, Tensor] = {}
@@ -368,7 +403,11 @@ class _Pass:
                 rule = _rule_for(n, self.cfg, self.n_blocks)
                 # folded: conv + BN as one linear map (zennit's BN canonizer); BN then passes R
                 module = _folded_proxy(n.module, n.fold_bn) if _folds_bn(n, rule, self.cfg) else n.module
-                r = linear_relevance(module, self.tr.inputs[n.name], r, rule, self.tr.outputs.get(n.name))
+                h = self.tr.inputs[n.name]
+                if n.name == self.input_node and self.cfg.input_rule != "zplus":
+                    r = input_relevance(module, h, r, self.cfg.input_rule, *self._box(h))
+                else:
+                    r = linear_relevance(module, h, r, rule, self.tr.outputs.get(n.name))
                 if n.name in self.tr.shapes:
                     r = r.reshape(self.tr.shapes[n.name])
             elif n.kind == "pool":
@@ -376,7 +415,16 @@ class _Pass:
                 # gradient); average pooling is stabilised like zennit's Norm rule.
                 is_max = "Max" in type(n.module).__name__
                 stab = 0.0 if is_max else (self.cfg.epsilon if self.cfg.rule == "epsilon" else self.cfg.stabilizer)
-                r = pool_relevance(n.module, self.tr.inputs[n.name], r, stab)
+                pool = n.module
+                if is_max and self.cfg.maxpool == "avg2":
+                    pool = avg2_pool(n.module)
+                    h = self.tr.inputs[n.name]
+                    if pool(h[:1]).shape[1:] != r.shape[1:]:
+                        raise LRPUnsupportedModel(
+                            f"maxpool='avg2': a 2x2 average pool of '{n.name}''s input "
+                            f"{tuple(h.shape[1:])} does not give the max pool's output shape "
+                            f"{tuple(r.shape[1:])} (use maxpool='wta')")
+                r = pool_relevance(pool, self.tr.inputs[n.name], r, stab)
             elif n.kind == "flatten":
                 r = r.reshape(self.tr.shapes[n.name])
             elif n.kind == "block":
@@ -384,6 +432,23 @@ class _Pass:
             # relu / pass (BatchNorm, dropout): relevance unchanged (001 §3.1)
             self._record(f"{n.name}.in", r)
         return r
+
+    def _box(self, h: Tensor) -> tuple[Tensor | None, Tensor | None]:
+        """Bounds of the normalised pixel range [0, 1] per channel (zbox input rule)."""
+        if self.cfg.input_rule != "zbox":
+            return None, None
+        c = h.shape[1]
+        mean = torch.tensor(self.cfg.input_mean, dtype=h.dtype, device=h.device)
+        std = torch.tensor(self.cfg.input_std, dtype=h.dtype, device=h.device)
+        if mean.numel() == 1:
+            mean = mean.expand(c)
+        if std.numel() == 1:
+            std = std.expand(c)
+        if mean.numel() != c or std.numel() != c:
+            raise ValueError(f"input_mean / input_std have {mean.numel()} / {std.numel()} values "
+                             f"for an input with {c} channels")
+        shape = (1, c) + (1,) * (h.ndim - 2)
+        return ((0 - mean) / std).view(shape), ((1 - mean) / std).view(shape)
 
     def _block(self, n: Node, r: Tensor) -> Tensor:
         h_skip, h_main = self.tr.merges[n.name]
@@ -404,6 +469,18 @@ class _Pass:
         if n.name == self.last:
             self.checkpoints["last_block"] = _per_sample_sum(r_in)
         return r_in
+
+
+def _input_node(nodes: list[Node]) -> str:
+    """Name of the linear layer that sees the image: the first linear node, reached through
+    nothing but relevance-passing nodes (BN, dropout, identity)."""
+    for n in nodes:
+        if n.kind == "linear":
+            return n.name
+        if n.kind != "pass":
+            break
+    raise LRPUnsupportedModel("LRP input_rule: the model's first layer (after BN / dropout) is "
+                              "not a convolution or linear layer; use input_rule='zplus'")
 
 
 _NODES: "weakref.WeakKeyDictionary[nn.Module, list[Node]]" = weakref.WeakKeyDictionary()
@@ -475,7 +552,7 @@ def lrp_relevance(
         r = torch.zeros_like(logits)
         r[rows, target] = 1.0 if unit_pass else init
     sums: dict[str, Tensor] | None = {"output": _per_sample_sum(r)} if record_sums else None
-    p = _Pass(cfg, tr, len(blocks), blocks, sums)
+    p = _Pass(cfg, tr, len(blocks), blocks, sums, _input_node(nodes) if cfg.input_rule != "zplus" else None)
     r = p.run(nodes, r).detach().contiguous()
     nan = torch.full((x.shape[0],), float("nan"), dtype=torch.float64, device=x.device)
     checkpoints = {

@@ -240,3 +240,78 @@ def split_relevance(r: Tensor, h_skip: Tensor, h_main: Tensor, mode: str = "rati
         s = r / _stabilize(h_skip + h_main, epsilon)
         return h_skip * s, h_main * s
     raise ValueError(f"unknown relevance split '{mode}' (one of {', '.join(SPLIT_MODES)})")
+
+
+INPUT_RULES = ("zplus", "ones", "zbox", "flat")
+
+
+def input_relevance(module: nn.Module, h: Tensor, r_out: Tensor, kind: str,
+                    low: Tensor | None = None, high: Tensor | None = None) -> Tensor:
+    """Relevance at the image for the first linear layer (the one that sees the pixels).
+
+    The z+ rule (001 Eq. 2) assumes non-negative inputs; a normalised image is signed, so
+    ``z_j = sum_i w_ji^+ x_i`` can cross zero and the ratios spike. Rules for this layer
+    (Montavon et al. 2017, "Explaining nonlinear classification decisions with deep Taylor
+    decomposition", §4-5; the official code of Otsuki et al. 2024 uses ``ones``):
+
+    - ``zplus``: z+ on the image as it is (``linear_relevance`` with the z+ rule).
+    - ``ones``: z+ with the image replaced by a tensor of ones (zero padding stays zero):
+      ``R_i = sum_j w_ji^+ R_j / sum_i' w_ji'^+`` (the w+ rule; 001 official code).
+    - ``flat``: every weight and input 1, ``R_i = sum_j R_j / n_j`` with ``n_j`` the number
+      of (non-padding) inputs of output ``j``.
+    - ``zbox``: the z^B rule for inputs bounded by ``low <= x <= high`` (broadcastable to
+      ``h``), ``R_i = sum_j (x_i w_ji - l_i w_ji^+ - h_i w_ji^-) R_j / z_j`` with ``z_j`` the
+      sum over ``i`` of the numerator; every term is >= 0 inside the box.
+
+    The bias is ignored by all of them. Outputs whose denominator is exactly 0 pass their
+    relevance on in proportion to ``|w|`` (module doc), so every rule conserves relevance.
+    """
+    if kind == "zplus":
+        return linear_relevance(module, h, r_out, LayerRule("zplus"))
+    if kind == "ones":
+        return linear_relevance(module, torch.ones_like(h), r_out, LayerRule("zplus"))
+    w = module.weight.detach()
+    if kind == "flat":
+        ones = torch.ones_like(h)
+        w1 = torch.ones_like(w)
+
+        def f_flat(t: Tensor) -> Tensor:
+            return _apply_linear(module, t, w1, None)
+
+        with torch.no_grad():
+            z = f_flat(ones)
+        s, _ = _safe_ratio(r_out, z, 0.0)
+        (c,) = _vjp(f_flat, [ones], s)
+        return c
+    if kind == "zbox":
+        if low is None or high is None:
+            raise ValueError("the zbox input rule needs the input bounds low and high")
+        lo = torch.as_tensor(low, dtype=h.dtype, device=h.device).expand_as(h)
+        hi = torch.as_tensor(high, dtype=h.dtype, device=h.device).expand_as(h)
+        w_pos, w_neg = w.clamp(min=0), w.clamp(max=0)
+
+        def f_box(a: Tensor, b: Tensor, c: Tensor) -> Tensor:
+            return (_apply_linear(module, a, w, None) - _apply_linear(module, b, w_pos, None)
+                    - _apply_linear(module, c, w_neg, None))
+
+        with torch.no_grad():
+            z = f_box(h, lo, hi)
+        s, zero = _safe_ratio(r_out, z, 0.0)
+        ca, cb, cc = _vjp(f_box, [h, lo, hi], s)
+        r_in = h * ca + lo * cb + hi * cc
+        extra = _flat_fallback(lambda t: _apply_linear(module, t, w.abs(), None), h, r_out, zero)
+        return r_in if extra is None else r_in + extra
+    raise ValueError(f"unknown input rule '{kind}' (one of {', '.join(INPUT_RULES)})")
+
+
+MAXPOOL_MODES = ("wta", "avg2")
+
+
+def avg2_pool(module: nn.Module) -> nn.Module:
+    """The pooling that replaces a max pooling in the relevance pass with ``maxpool="avg2"``:
+    ``AvgPool2d(kernel_size=2)`` (stride 2, no padding), as the official code of Otsuki et
+    al. 2024 does for every ``MaxPool2d``. On a torchvision ResNet (max pool 3x3, stride 2,
+    padding 1) of an even-sized map the two give the same output size."""
+    if not isinstance(module, nn.MaxPool2d):
+        raise ValueError(f"maxpool='avg2' replaces nn.MaxPool2d only, got {type(module).__name__}")
+    return nn.AvgPool2d(kernel_size=2)

@@ -44,6 +44,8 @@ _SUITE_KEYS: dict[str, tuple[type, ...]] = {
     "seed": (int,),
     "device": (str,),
     "target": (str,),
+    "explain_target": (str,),
+    "score_target": (str,),
     "chunk_size": (int,),
     "autocast": (str, bool),
     "figures": (bool,),
@@ -68,7 +70,11 @@ class SuiteConfig:
     batch_size: int = 32
     seed: int = 0
     device: str = "auto"
+    # which class is explained (attribution target) and which class's score the perturbation
+    # metrics read; ``target`` is the shorthand for both, an explicit key overrides it
     target: str = "label"
+    explain_target: str | None = None
+    score_target: str | None = None
     chunk_size: int = 256
     autocast: str = "off"
     figures: bool = True
@@ -86,6 +92,18 @@ class SuiteConfig:
     def metric_base(self, name: str) -> str:
         return str(self.metric_params.get(name, {}).get("base", name))
 
+    @property
+    def explained(self) -> str:
+        """The class the methods explain: ``label`` or ``predicted`` (``explain_target``,
+        else ``target``)."""
+        return self.explain_target or self.target
+
+    @property
+    def scored(self) -> str:
+        """The class whose score the perturbation metrics read: ``label`` or ``predicted``
+        (``score_target``, else ``target``); a metric's own ``target`` parameter wins."""
+        return self.score_target or self.target
+
     def method_overrides(self, name: str) -> dict[str, Any]:
         return {k: v for k, v in self.method_params.get(name, {}).items() if k != "base"}
 
@@ -94,7 +112,8 @@ class SuiteConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "suite": {k: getattr(self, k) for k in _SUITE_KEYS},
+            "suite": {**{k: getattr(self, k) for k in _SUITE_KEYS},
+                      "explain_target": self.explained, "score_target": self.scored},
             "datasets": self.dataset_params,
             "models": self.model_params,
             "methods": self.method_params,
@@ -208,8 +227,14 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", text: str 
         raise ConfigError(f"{source}: [suite] batch_size must be >= 1")
     if cfg.n_samples is not None and cfg.n_samples < 1:
         raise ConfigError(f"{source}: [suite] n_samples must be >= 1")
-    if cfg.target not in ("label", "predicted"):
-        raise ConfigError(f"{source}: [suite] target must be 'label' or 'predicted', got {cfg.target!r}")
+    for key in ("target", "explain_target", "score_target"):
+        value = getattr(cfg, key)
+        if value is not None and value not in ("label", "predicted"):
+            line = _line_of(text, "suite", key)
+            raise ConfigError(
+                f"{source}{f':{line}' if line else ''}: [suite] {key} must be 'label' or "
+                f"'predicted', got {value!r} (target sets both the explained class, "
+                "explain_target, and the scored class, score_target)")
     if cfg.device not in ("auto", "cpu", "cuda") and not cfg.device.startswith("cuda:"):
         raise ConfigError(f"{source}: [suite] device must be auto, cpu or cuda[:N], got {cfg.device!r}")
     return cfg

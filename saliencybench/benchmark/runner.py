@@ -17,7 +17,7 @@ import sys
 import time
 import traceback
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -47,6 +47,7 @@ from saliencybench.benchmark.store import (
 )
 from saliencybench.benchmark.types import Batch, EvalContext, MetricOutput, SampleSet
 from saliencybench.metrics.base import Metric
+from saliencybench.metrics.perturbation import PerturbationCurve
 from saliencybench.models.precision import exact_fp32
 
 
@@ -356,7 +357,11 @@ class Runner:
             entry = self.suite.metric_entry(name)
             params = dict(entry.meta.get("defaults", {}))
             params.update(self.cfg.metric_overrides(name))
-            out.append(entry.obj(name=name, **params))
+            m = entry.obj(name=name, **params)
+            if isinstance(m, PerturbationCurve) and "target" not in self.cfg.metric_overrides(name):
+                # the suite's scored class (score_target / target) over the preset's
+                m.settings = replace(m.settings, target=self.cfg.scored).validate()
+            out.append(m)
         return out
 
     @staticmethod
@@ -503,7 +508,7 @@ class Runner:
             "postprocess": overrides.get("postprocess", entry.meta.get("postprocess")),
             "dataset": ds_name, "dataset_params": self.cfg.dataset_params.get(ds_name, {}),
             "model": model_spec, "model_params": self.cfg.model_params.get(model_spec, {}),
-            "seed": self.cfg.seed, "target": self.cfg.target,
+            "seed": self.cfg.seed, "target": self.cfg.explained,
         })
 
     def _run_chunk(self, ds_name: str, model_spec: str, model: nn.Module, samples: SampleSet,
@@ -528,7 +533,7 @@ class Runner:
             return
         key = self._method_key(ds_name, model_spec, method)
         full = samples.get(idx).to(self.device)
-        target = _targets(model, full, self.cfg.target, self.cfg.batch_size)
+        target = _targets(model, full, self.cfg.explained, self.cfg.batch_size)
         maps = self.cache.get(ds_name, model_spec, method, key, chunk, ids)
         method_error: str | None = None
         if maps is None:
@@ -596,7 +601,7 @@ class Runner:
         want = {
             "method": self._method_record(method),
             "metrics": {m.name: m.manifest() for m in group},
-            "context": {"seed": self.cfg.seed, "target": self.cfg.target,
+            "context": {"seed": self.cfg.seed, "target": self.cfg.explained,
                         "dataset": self.cfg.dataset_params.get(ds, {}),
                         "model": self.cfg.model_params.get(model, {})},
         }
@@ -671,6 +676,8 @@ class Runner:
             "suite": self.cfg.name,
             "config": self.cfg.to_dict(),
             "seed": self.cfg.seed,
+            "explain_target": self.cfg.explained,
+            "score_target": self.cfg.scored,
             "device": str(self.device),
             "shard": list(self.shard) if self.shard else None,
             "environment": environment_info(self.device, tf32=self.tf32),
@@ -723,7 +730,9 @@ class BaselineResults:
             "method": {k: m.get("methods", {}).get(method, {}).get(k) for k in want["method"]},
             "metrics": {name: {k: v for k, v in m.get("metrics", {}).get(name, {}).items() if k != "higher_is_better"}
                         for name in want["metrics"]},
-            "context": {"seed": m.get("seed"), "target": cfg.get("suite", {}).get("target"),
+            "context": {"seed": m.get("seed"),
+                        "target": (cfg.get("suite", {}).get("explain_target")
+                                   or cfg.get("suite", {}).get("target")),
                         "dataset": cfg.get("datasets", {}).get(ds, {}), "model": cfg.get("models", {}).get(model, {})},
         }
         return _canonical(have) == _canonical(want)

@@ -18,9 +18,12 @@ validation images. The validation images are drawn class-stratified and determin
 (round-robin over classes of a seeded permutation, i.e. 3 per class for the 200 classes),
 so every user gets the same three lists.
 
-Images are resized to 224 x 224 ("resized to a uniform dimension of 224 x 224 pixels",
-supplement A) and normalised with the ImageNet statistics of the ImageNet-pretrained
-ResNet50. ``SampleSet.mask`` holds the binarised segmentation (threshold 0.5) or, where no
+Test-time preprocessing (``resize="center_crop"``, the default) is the official code's test
+transform of Otsuki et al. 2024 (github.com/keio-smilab24/LRP-for-ResNet, ``data/__init__.py``):
+the shorter side resized to ``int(S / 0.875)`` (256 for S = 224, bilinear) and a central
+S x S crop. ``resize="square"`` resizes the whole image to S x S without a crop (supplement A:
+"resized to a uniform dimension of 224 x 224 pixels"). Images are normalised with the
+ImageNet statistics of the ImageNet-pretrained ResNet50; masks follow the same geometry. ``SampleSet.mask`` holds the binarised segmentation (threshold 0.5) or, where no
 segmentation is present, the bounding box.
 """
 
@@ -174,23 +177,58 @@ def box_mask(box: tuple[float, float, float, float], orig_size: tuple[int, int],
     return m
 
 
-def image_transform(image_size: int = 224) -> Callable[[Any], Tensor]:
-    """PIL image -> (3, S, S) uint8, resized to S x S (no crop), as in supplement A."""
+RESIZES = ("center_crop", "square")
+
+
+def _geometry(image_size: int, resize: str) -> Callable[[Any], Any]:
+    """PIL -> PIL resize (and crop) of ``resize`` mode (module doc), bilinear."""
     from torchvision import transforms as T
 
-    return T.Compose([
-        T.Resize((image_size, image_size), interpolation=T.InterpolationMode.BILINEAR, antialias=True),
-        T.PILToTensor(),
-    ])
+    bilinear = T.InterpolationMode.BILINEAR
+    if resize == "square":
+        return T.Resize((image_size, image_size), interpolation=bilinear, antialias=True)
+    if resize == "center_crop":
+        return T.Compose([T.Resize(int(image_size / 0.875), interpolation=bilinear, antialias=True),
+                          T.CenterCrop(image_size)])
+    raise ValueError(f"cub: resize must be one of {', '.join(RESIZES)}, got {resize!r}")
 
 
-def _load_segmentation(path: Path, image_size: int) -> Tensor:
-    """(1, S, S) uint8 0/1 mask: the segmentation resized bilinearly, thresholded at 0.5."""
+def image_transform(image_size: int = 224, resize: str = "center_crop") -> Callable[[Any], Tensor]:
+    """PIL image -> (3, S, S) uint8: ``center_crop`` = Resize(int(S / 0.875)) + CenterCrop(S),
+    the official test transform of Otsuki et al. 2024; ``square`` = S x S without a crop."""
+    from torchvision import transforms as T
+
+    return T.Compose([_geometry(image_size, resize), T.PILToTensor()])
+
+
+def crop_box(orig_size: tuple[int, int], image_size: int) -> tuple[tuple[int, int], tuple[int, int]]:
+    """``((W1, H1), (left, top))``: the size after torchvision's ``Resize(int(S / 0.875))`` of
+    an image of ``orig_size = (W0, H0)`` and the offset of its central S x S crop."""
+    w0, h0 = orig_size
+    short = int(image_size / 0.875)
+    if w0 <= h0:
+        w1, h1 = short, int(short * h0 / w0)
+    else:
+        w1, h1 = int(short * w0 / h0), short
+    return (w1, h1), (int(round((w1 - image_size) / 2.0)), int(round((h1 - image_size) / 2.0)))
+
+
+def box_mask_cropped(box: tuple[float, float, float, float], orig_size: tuple[int, int],
+                     image_size: int) -> Tensor:
+    """(1, S, S) uint8 0/1 mask of a CUB box ``(x, y, w, h)`` after ``resize="center_crop"``."""
+    (w1, h1), (left, top) = crop_box(orig_size, image_size)
+    full = box_mask(box, orig_size, (h1, w1))
+    return full[:, top:top + image_size, left:left + image_size].contiguous()
+
+
+def _load_segmentation(path: Path, image_size: int, resize: str = "center_crop") -> Tensor:
+    """(1, S, S) uint8 0/1 mask: the segmentation resized (and cropped) as the image,
+    bilinearly, thresholded at 0.5."""
     import numpy as np
     from PIL import Image
 
     with Image.open(path) as im:
-        seg = im.convert("L").resize((image_size, image_size), Image.Resampling.BILINEAR)
+        seg = _geometry(image_size, resize)(im.convert("L"))
     return torch.from_numpy(np.asarray(seg) >= 128).to(torch.uint8).unsqueeze(0)
 
 
@@ -224,8 +262,11 @@ def load_split(root: str | Path | None, *, val_size: int = VAL_SIZE,
 def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
         root: str | Path | None = None, image_size: int = 224, mask: str = "auto",
         val_size: int = VAL_SIZE, split_seed: int = 0, num_workers: int | None = None,
-        **kw: Any) -> SampleSet:
+        resize: str = "center_crop", **kw: Any) -> SampleSet:
     """CUB-200-2011 samples of ``split`` (train / val / test / trainval / all) with object masks.
+
+    ``resize``: "center_crop" (official test transform, Resize(int(S / 0.875)) + CenterCrop(S))
+    or "square" (S x S, no crop); see the module doc.
 
     ``mask``: "auto" (segmentation where present, else bounding box), "segmentation",
     "bbox" or "none". ``n_samples`` class-balanced with ``seed`` (``None`` = all).
@@ -235,6 +276,8 @@ def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
         raise ValueError(f"cub: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
     if mask not in ("auto", "segmentation", "bbox", "none"):
         raise ValueError(f"cub: mask must be auto / segmentation / bbox / none, got {mask!r}")
+    if resize not in RESIZES:
+        raise ValueError(f"cub: resize must be one of {', '.join(RESIZES)}, got {resize!r}")
     meta, splits = load_split(root, val_size=val_size, split_seed=split_seed)
     if mask == "segmentation" and meta.segmentation_dir is None:
         raise DataRootError("cub", meta.cub_dir, "segmentation masks not found",
@@ -250,7 +293,7 @@ def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
         raise DataRootError("cub", meta.cub_dir, f"{len(missing)} image file(s) listed in images.txt "
                             f"are missing, e.g. {missing[0]}", expected=["images/<class>/<file>.jpg"],
                             fix=_FIX)
-    to_tensor = image_transform(image_size)
+    to_tensor = image_transform(image_size, resize)
     sources: list[str] = []
 
     def one(i: int) -> tuple[Tensor, Tensor | None, str]:
@@ -260,10 +303,12 @@ def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
             return x, None, "none"
         seg = meta.segmentation_path(i)
         if mask in ("auto", "segmentation") and seg is not None and seg.is_file():
-            return x, _load_segmentation(seg, image_size), "segmentation"
+            return x, _load_segmentation(seg, image_size, resize), "segmentation"
         if mask == "segmentation":
             raise DataRootError("cub", meta.cub_dir, f"segmentation {seg} is missing",
                                 expected=[str(seg)], fix=_FIX)
+        if resize == "center_crop":
+            return x, box_mask_cropped(meta.boxes[i], img.size, image_size), "bbox"
         return x, box_mask(meta.boxes[i], img.size, (image_size, image_size)), "bbox"
 
     workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
@@ -281,6 +326,7 @@ def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
         "n_selected": len(chosen), "seed": seed, "selection": "class_balanced",
         "split_sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
         "val_size": val_size, "split_seed": split_seed, "image_size": image_size,
+        "resize": resize,
         "mask_sources": {s: sources.count(s) for s in sorted(set(sources))},
     }
     return SampleSet(x, y, normalization=IMAGENET_NORMALIZATION, num_classes=len(meta.class_names),
