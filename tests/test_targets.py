@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from _toy import ToyNet, grad_x_input, register_all, toy_dataset
-from saliencybench.benchmark.config import ConfigError, config_from_dict, load_config
+from saliencybench.benchmark.config import ConfigError, config_from_dict, find_suite, load_config
 from saliencybench.benchmark.registry import METHODS, register_method
 from saliencybench.benchmark.runner import run_suite
 
@@ -127,9 +127,7 @@ def test_resolution_without_explicit_keys_keeps_the_old_meaning():
 
 @pytest.mark.parametrize("suite", ["otsuki2024-imagenet", "otsuki2024-cub"])
 def test_otsuki_suites_explain_the_prediction_and_score_the_label(suite):
-    from pathlib import Path
-
-    cfg = load_config(Path(__file__).resolve().parents[1] / "configs" / f"{suite}.toml")
+    cfg = load_config(find_suite(suite))
     assert (cfg.explained, cfg.scored) == ("predicted", "label")
     for m in cfg.methods:
         if cfg.method_base(m).startswith("lrp_resnet"):
