@@ -54,7 +54,7 @@ def _run(tmp_path, keys: str, name: str):
     SEEN.clear()
     out = tmp_path / name
     run_suite(load_config(p), out, progress=False)
-    curves = pd.read_csv(out / "curves.csv")
+    curves = pd.read_csv(out / "curves.csv.gz")
     # the last point of an insertion curve is the whole image: the score of the scored class
     last = curves[curves.metric == "insertion"].sort_values("x").groupby("sample_id").tail(1)
     return torch.cat(SEEN), last.set_index("sample_id")["value"], json.loads((out / "run.json").read_text())
@@ -104,7 +104,7 @@ def test_a_metric_own_target_wins_over_the_suite(tmp_path):
                       .replace('figures = false\n', 'figures = false\n' + keys + "\n"))
     out = tmp_path / "own"
     run_suite(load_config(p_toml), out, progress=False)
-    curves = pd.read_csv(out / "curves.csv")
+    curves = pd.read_csv(out / "curves.csv.gz")
     last = curves.sort_values("x").groupby("sample_id").tail(1).set_index("sample_id")["value"]
     got = torch.tensor(last.loc[ds.sample_ids].to_numpy(), dtype=torch.float32)
     assert torch.allclose(got, p.max(1).values, atol=1e-5)
