@@ -64,3 +64,62 @@ def test_occlusion_matches_captum_when_windows_do_not_tile():
     ref = ref[:, :1]
     err = (ours - ref).abs().max().item()
     assert err <= 1e-4 * ref.abs().max().item(), err
+
+
+# ----------------------------------------------------------------------------------------
+# Item 7: MIA masks are the signed per-channel attribution for every method (004 Alg. 1, Eq. 11).
+
+
+def _mia_ctx(model, x, y, method):
+    from saliencybench.attributions.base import compute_attribution
+    from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+
+    def attribute(xm, t, reduce=True, **kw):  # what the runner passes to metrics
+        return compute_attribution(method, model, xm, t, reduce=reduce)
+
+    return EvalContext(model=model, batch=Batch(x, y, [f"s{i}" for i in range(len(y))]), target=y,
+                       normalization=IDENTITY_NORMALIZATION, num_classes=5, attribute=attribute)
+
+
+def _signed_minmax(a):
+    lo, hi = a.amin((2, 3), keepdim=True), a.amax((2, 3), keepdim=True)
+    return torch.where(hi > lo, (a - lo) / (hi - lo).clamp(min=1e-30), torch.zeros_like(a))
+
+
+def test_mia_uses_signed_guided_backprop():
+    """Guided Backprop is registered with ``abs_sum``; MIA must min-max the signed per-channel
+    GBP, not |GBP| (Algorithm 1 with Expl = GBP, Eq. 11 per channel)."""
+    from conftest import TinyCNN
+    from saliencybench.benchmark.registry import METRICS
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    x = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    y = torch.tensor([0, 1, 2, 3])
+    entry = METRICS.get("mia")
+    metric = entry.obj(name="mia", **{**entry.meta["defaults"], "iterations": 3})
+
+    seen = []
+    ctx = _mia_ctx(model, x, y, "guided_backprop")
+    inner = ctx.attribute
+
+    def spy(xm, t, reduce=True, **kw):
+        a = inner(xm, t, reduce=reduce, **kw)
+        seen.append(a)
+        return a
+
+    ctx.attribute = spy
+    out = metric.evaluate(ctx, torch.zeros(4, 1, 32, 32))
+
+    # the direct loop: signed raw GBP of the masked input, min-max per sample and channel
+    m_star, m_abs = torch.ones_like(x), torch.ones_like(x)
+    for i in range(3):
+        raw = _raw("guided_backprop", model, x * m_star, y)
+        assert (raw < 0).any()  # |.| would change this mask
+        assert torch.allclose(seen[i], raw, atol=1e-6)
+        m_star = m_star * _signed_minmax(raw)
+        m_abs = m_abs * _signed_minmax(_raw("guided_backprop", model, x * m_abs, y).abs())
+    assert not torch.allclose(m_star, m_abs)
+    with torch.no_grad():
+        expected = (model(x * m_star).argmax(1) == y).double()
+    assert torch.equal(out.values, expected)
