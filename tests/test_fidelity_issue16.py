@@ -123,3 +123,87 @@ def test_mia_uses_signed_guided_backprop():
     with torch.no_grad():
         expected = (model(x * m_star).argmax(1) == y).double()
     assert torch.equal(out.values, expected)
+
+
+# ----------------------------------------------------------------------------------------
+# Item 8: Score-CAM weights are the target's softmax probability of the channel-masked input.
+
+
+def _cam_model(logit_scale: float = 1.0):
+    from conftest import TinyCNN
+
+    torch.manual_seed(0)
+    model = TinyCNN().eval()
+    with torch.no_grad():  # one dead channel at the CAM layer: constant (all-zero) map
+        model.features[3].bias[2] = -1e4
+        model.fc.weight *= logit_scale  # spread logits: channel weights differ visibly
+    return model
+
+
+def _scorecam_by_hand(model, x, t):
+    """Wang et al. 2020 Eq. 4-8 / the authors' loop, one sample and one channel at a time."""
+    feats = {}
+    h = model.features[4].register_forward_hook(lambda m, i, o: feats.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    act = feats["a"]
+    out = torch.zeros(x.shape[0], 1, *act.shape[-2:])
+    for b in range(x.shape[0]):
+        for k in range(act.shape[1]):
+            m = torch.nn.functional.interpolate(act[b:b + 1, k:k + 1], size=x.shape[-2:],
+                                                mode="bilinear", align_corners=False)
+            if m.max() == m.min():
+                continue
+            m = (m - m.min()) / (m.max() - m.min())
+            with torch.no_grad():
+                p = torch.softmax(model(x[b:b + 1] * m), 1)[0, t[b]]
+            out[b, 0] += p * act[b, k]
+    return out.clamp(min=0)
+
+
+def _scorecam_softmax_across_channels(model, x, t):
+    """The old ``scorecam``: target logits of the masked inputs softmaxed across channels."""
+    feats = {}
+    h = model.features[4].register_forward_hook(lambda m, i, o: feats.__setitem__("a", o.detach()))
+    with torch.no_grad():
+        model(x)
+    h.remove()
+    act = feats["a"]
+    out = torch.zeros(x.shape[0], 1, *act.shape[-2:])
+    for b in range(x.shape[0]):
+        logits = []
+        for k in range(act.shape[1]):
+            m = torch.nn.functional.interpolate(act[b:b + 1, k:k + 1], size=x.shape[-2:],
+                                                mode="bilinear", align_corners=True)
+            m = (m - m.min()) / (m.max() - m.min() + 1e-8)
+            with torch.no_grad():
+                logits.append(model(x[b:b + 1] * m)[0, t[b]])
+        w = torch.softmax(torch.stack(logits), 0)
+        out[b, 0] = (w.view(-1, 1, 1) * act[b]).sum(0)
+    return out.clamp(min=0)
+
+
+def test_scorecam_is_the_papers_probability_weighting():
+    model = _cam_model(logit_scale=30.0)
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    t = torch.tensor([0, 2, 4])
+    expected = _scorecam_by_hand(model, x, t)
+    assert expected.abs().max() > 0
+    for chunk in (5, 128):  # channels in chunks across samples
+        ours = _raw("scorecam", model, x, t, layer="features.4", internal_batch_size=chunk)
+        assert torch.allclose(ours, expected, rtol=1e-5, atol=1e-6), (ours - expected).abs().max()
+
+
+def test_scorecam_is_no_longer_a_softmax_across_channels():
+    """The old behaviour (pytorch-grad-cam's variant) now lives under ``scorecam_pgc`` only."""
+    model = _cam_model(logit_scale=30.0)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    t = torch.tensor([1, 3])
+    old = _scorecam_softmax_across_channels(model, x, t)
+    ours = _raw("scorecam", model, x, t, layer="features.4")
+    # not a rescaling of the old map either: compare the maps min-max normalised
+    norm = lambda a: (a - a.amin((2, 3), keepdim=True)) / (a.amax((2, 3), keepdim=True) - a.amin((2, 3), keepdim=True))  # noqa: E731
+    assert (norm(ours) - norm(old)).abs().max() > 0.05
+    pgc = _raw("scorecam_pgc", model, x, t, layer="features.4")
+    assert torch.allclose(pgc, old, rtol=1e-4, atol=1e-6)
