@@ -38,14 +38,20 @@ def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
 
 
 def gradcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
-    """Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) at ``layer``, (B,1,h,w)."""
+    """Grad-CAM (Selvaraju et al. 2017, Eq. 1-2) at ``layer``, (B,1,h,w).
+
+    Defaults: ``layer=None`` (the model's ``cam`` layer, the last conv stage, as in the
+    paper)."""
     grad, act = gradient_at(model, x, target, resolve_cam_layer(model, layer))
     return _weighted(act, grad.mean((2, 3)))
 
 
 def gradcam_pp(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None,
                eps: float = 1e-6) -> Tensor:
-    """Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19; pytorch-grad-cam's form), (B,1,h,w)."""
+    """Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19; pytorch-grad-cam's form), (B,1,h,w).
+
+    Defaults: ``layer=None`` (the model's ``cam`` layer, the last conv stage, as in the
+    paper), ``eps=1e-06`` in the denominator of α (pytorch-grad-cam's value)."""
     grad, act = gradient_at(model, x, target, resolve_cam_layer(model, layer))
     g2 = grad * grad
     g3 = g2 * grad
@@ -55,7 +61,10 @@ def gradcam_pp(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None
 
 
 def layercam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
-    """Layer-CAM (Jiang et al. 2021, Eq. 5-6), (B,1,h,w)."""
+    """Layer-CAM (Jiang et al. 2021, Eq. 5-6), (B,1,h,w).
+
+    Defaults: ``layer=None`` (the model's ``cam`` layer, the last conv stage, as in the
+    paper)."""
     grad, act = gradient_at(model, x, target, resolve_cam_layer(model, layer))
     return (grad.clamp(min=0) * act).sum(1, keepdim=True).clamp(min=0)
 
@@ -149,6 +158,9 @@ def ablationcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | Non
 
     pytorch-grad-cam sets the channel to 0 only when the layer's minimum is 0 (post-ReLU
     layers) and to ``min - 1e7`` otherwise; the paper, followed here, zeroes it.
+
+    Defaults: ``layer=None`` (the model's ``cam`` layer, the last conv stage, as in the
+    paper), ``internal_batch_size=128`` ablated copies per forward (no effect on values).
     """
     name = resolve_cam_layer(model, layer)
     logits, act = forward_with_activation(model, x, name)
@@ -185,7 +197,8 @@ register_method("scorecam", family="cam",
                 needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
                 layer_capable=True, fn=scorecam)
 register_method("scorecam_pgc", family="cam",
-                paper="pytorch-grad-cam's ScoreCAM (softmax across channels; a library variant of Wang et al. 2020)",
+                paper="pytorch-grad-cam's ScoreCAM (softmax across channels; a library variant "
+                      "of Wang et al. 2020)",
                 needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
                 layer_capable=True, fn=scorecam_pgc)
 register_method("ablationcam", family="cam", paper="Desai & Ramaswamy 2020; Rao et al. 2022",

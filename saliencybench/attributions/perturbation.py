@@ -58,11 +58,15 @@ def occlusion(model: nn.Module, x: Tensor, target: Tensor, *, window: int | None
     default). Every pixel gets the mean drop ``f_c(x) - f_c(x_occluded)`` over the windows
     covering it, as Captum's Occlusion. Windows cover every row and column: there are
     ``ceil((size - K) / s) + 1`` per axis and the last one is clipped at the border (Captum's
-    count and clipping; Rao et al. 2022 use Captum), so no trailing rows / columns are left at 0
-    when ``(size - K)`` is not a multiple of ``s``. Returns (B,1,h,w).
+    count and clipping), so no trailing rows / columns are left at 0 when ``(size - K)`` is
+    not a multiple of ``s``. Returns (B,1,h,w).
 
     With ``layer`` the patches occlude all channels of that layer's activation; the layer
     output is expanded into the B*n occluded copies inside one forward pass.
+
+    Defaults: ``window=None``, ``stride=None`` (K=16, s=8 at the input, K=5, s=2 at a layer:
+    Rao et al. 2022 supp. H), ``baseline=0.0``, ``layer=None`` (the input),
+    ``internal_batch_size=256`` occluded images per forward (no effect on values).
     """
     name = resolve_attribution_layer(model, layer)
     kernel = int(window if window is not None else (16 if name is None else 5))
@@ -129,7 +133,11 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
     """RISE (Petsiuk et al. 2018, Eq. 6): ``Σ_i p_c(x ⊙ M_i) M_i / (N p1)`` with the softmax
     probability of the target; Rao et al. 2022 use N=1000, s=6, p1=0.1. Masks are generated
     on the device per sample from its seed, ``mask_chunk`` at a time, and evaluated in
-    batches of ``internal_batch_size`` images. Returns (B,1,H,W)."""
+    batches of ``internal_batch_size`` images. Returns (B,1,H,W).
+
+    Defaults: ``n_masks=1000`` (Rao et al. 2022 supp. H, M=1000), ``grid=6``, ``p1=0.1``
+    (Rao et al. 2022's setting, as registered), ``internal_batch_size=256`` and
+    ``mask_chunk=250`` (memory only, no effect on values)."""
     b = x.shape[0]
     size = (int(x.shape[-2]), int(x.shape[-1]))
     sal = torch.zeros(b, 1, *size, dtype=x.dtype, device=x.device)
