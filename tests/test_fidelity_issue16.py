@@ -30,7 +30,7 @@ class _LastRowModel(nn.Module):
         return torch.stack([x[:, :, -1, :].sum((1, 2)), x[:, :, :, -1].sum((1, 2))], 1)
 
 
-@pytest.mark.parametrize("size,k,s", [(30, 8, 4), (299, 16, 8)])
+@pytest.mark.parametrize("size,k,s", [(30, 8, 4), (45, 16, 8)])
 def test_occlusion_covers_last_row_and_column(size, k, s):
     """(size - K) mod s trailing rows / columns used to get nothing; now every pixel of the last
     row (class 0) and column (class 1) gets the mean drop of the windows covering it, 1 per
@@ -46,6 +46,23 @@ def test_occlusion_covers_last_row_and_column(size, k, s):
     # only the last row / column matters
     assert torch.count_nonzero(a[0, 0, : size - k]) == 0
     assert torch.count_nonzero(a[1, 0, :, : size - k]) == 0
+
+
+def test_occlusion_windows_reach_the_border_at_inception_size():
+    """299 px with K=16, s=8: 37 windows per axis (Captum's count), the last one clipped to rows
+    288-298; 36 windows stopped at row 295 and left rows 296-298 out."""
+    from saliencybench.attributions.perturbation import _window_masks, occlusion_window_counts
+
+    n = occlusion_window_counts(299, 16, 8)
+    assert n == 37
+    last_row = torch.arange((n - 1) * n, n * n)  # the windows of the last row / column
+    last_col = torch.arange(n - 1, n * n, n)
+    rows = _window_masks(last_row, n, n, (299, 299), 16, 8).amax(0)[0]
+    cols = _window_masks(last_col, n, n, (299, 299), 16, 8).amax(0)[0]
+    assert rows[288:].all() and not rows[:288].any()
+    assert cols[:, 288:].all() and not cols[:, :288].any()
+    corner = _window_masks(torch.tensor([n * n - 1]), n, n, (299, 299), 16, 8)[0, 0]
+    assert corner[288:, 288:].all() and corner.sum() == 11 * 11
 
 
 def test_occlusion_matches_captum_when_windows_do_not_tile():
