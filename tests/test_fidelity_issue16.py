@@ -51,7 +51,10 @@ def test_occlusion_covers_last_row_and_column(size, k, s):
 def test_occlusion_windows_reach_the_border_at_inception_size():
     """299 px with K=16, s=8: 37 windows per axis (Captum's count), the last one clipped to rows
     288-298; 36 windows stopped at row 295 and left rows 296-298 out."""
-    from saliencybench.attributions.perturbation import _window_masks, occlusion_window_counts
+    from saliencybench.attributions.perturbation import (
+        _window_masks,
+        occlusion_window_counts,
+    )
 
     n = occlusion_window_counts(299, 16, 8)
     assert n == 37
@@ -107,6 +110,7 @@ def test_mia_uses_signed_guided_backprop():
     """Guided Backprop is registered with ``abs_sum``; MIA must min-max the signed per-channel
     GBP, not |GBP| (Algorithm 1 with Expl = GBP, Eq. 11 per channel)."""
     from conftest import TinyCNN
+
     from saliencybench.benchmark.registry import METRICS
 
     torch.manual_seed(0)
@@ -220,7 +224,7 @@ def test_scorecam_is_no_longer_a_softmax_across_channels():
     old = _scorecam_softmax_across_channels(model, x, t)
     ours = _raw("scorecam", model, x, t, layer="features.4")
     # not a rescaling of the old map either: compare the maps min-max normalised
-    norm = lambda a: (a - a.amin((2, 3), keepdim=True)) / (a.amax((2, 3), keepdim=True) - a.amin((2, 3), keepdim=True))  # noqa: E731
+    norm = lambda a: (a - a.amin((2, 3), keepdim=True)) / (a.amax((2, 3), keepdim=True) - a.amin((2, 3), keepdim=True))
     assert (norm(ours) - norm(old)).abs().max() > 0.05
     pgc = _raw("scorecam_pgc", model, x, t, layer="features.4")
     assert torch.allclose(pgc, old, rtol=1e-4, atol=1e-6)
