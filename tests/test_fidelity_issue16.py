@@ -162,7 +162,7 @@ def _cam_model(logit_scale: float = 1.0):
 
 
 def _scorecam_by_hand(model, x, t):
-    """Wang et al. 2020 Eq. 4-8 / the authors' loop, one sample and one channel at a time."""
+    """Wang et al. 2020 (Algorithm 1) as the authors' loop: one sample and one channel at a time."""
     feats = {}
     h = model.features[4].register_forward_hook(lambda m, i, o: feats.__setitem__("a", o.detach()))
     with torch.no_grad():

@@ -4,7 +4,7 @@ conv stage). Each returns (B,1,h,w) at the layer; post-processing upsamples bili
 - Grad-CAM (Selvaraju et al. 2017): ``relu(Σ_k mean_ij(∂y/∂A_k) A_k)``.
 - Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19 with the exponential replaced by the logit,
   as in pytorch-grad-cam): ``α = g² / (2g² + Σ_ij A · g³)``, ``w_k = Σ_ij α relu(g)``.
-- Score-CAM (Wang et al. 2020, Eq. 4-8, and the authors' code): each channel, upsampled
+- Score-CAM (Wang et al. 2020, §3-4, and the authors' code): each channel, upsampled
   (align_corners=False) and min-max normalised, masks the input; the target class's softmax
   probability of the masked input is the channel's weight; constant channels get weight 0.
   All B*K masked inputs are evaluated in batches.
@@ -105,18 +105,20 @@ def _channel_masked_scores(model: nn.Module, x: Tensor, target: Tensor, act: Ten
 @torch.no_grad()
 def scorecam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None,
              internal_batch_size: int = 128) -> Tensor:
-    """Score-CAM (Wang et al. 2020, §4, Eq. 4-8, and the authors' code
-    github:haofanwang/Score-CAM), (B,1,h,w) at ``layer``.
+    """Score-CAM (Wang et al. 2020, "Score-CAM: Score-Weighted Visual Explanations for
+    CNNs", CVPR-W, §3-4 and Algorithm 1, and the authors' code github:haofanwang/Score-CAM),
+    (B,1,h,w) at ``layer``.
 
     Channel k's activation A_k is upsampled to the input size (bilinear,
-    ``align_corners=False``) and min-max normalised to H_k (Eq. 7); its weight is the target
-    class's softmax probability on the masked input, ``α_k = softmax(f(X ∘ H_k))_c`` (Eq. 4-6,
-    the baseline term dropped as in the paper's implementation); channels whose map is constant
-    are skipped (weight 0), as in the authors' code. ``L = ReLU(Σ_k α_k A_k)`` (Eq. 8) at the
-    layer's resolution; post-processing upsamples it bilinearly (the authors' code applies
-    the ReLU after upsampling: identical wherever the sum is non-negative, e.g. at post-ReLU
-    layers). Defaults: ``layer=None`` (the model's ``cam`` layer, the last conv stage, as in
-    the paper), ``internal_batch_size=128`` masked inputs per forward (no effect on values).
+    ``align_corners=False``) and min-max normalised to H_k; its weight is the target class's
+    softmax probability on the masked input, ``α_k = softmax(f(X ∘ H_k))_c`` (the channel-wise
+    increase of confidence, scored as a probability without subtracting a baseline score, as
+    the authors' code does); channels whose upsampled map is constant are skipped (weight 0),
+    as in the authors' code. ``L = ReLU(Σ_k α_k A_k)`` at the layer's resolution;
+    post-processing upsamples it bilinearly (the authors' code applies the ReLU after
+    upsampling: identical wherever the sum is non-negative, e.g. at post-ReLU layers).
+    Defaults: ``layer=None`` (the model's ``cam`` layer, the last conv stage, as in the
+    paper), ``internal_batch_size=128`` masked inputs per forward (no effect on values).
     The pytorch-grad-cam variant (a softmax across channels of the masked logits) is
     registered as ``scorecam_pgc``."""
     name = resolve_cam_layer(model, layer)
@@ -193,7 +195,7 @@ register_method("gradcam_pp", family="cam", paper="Chattopadhyay et al. 2018",
 register_method("layercam", family="cam", paper="Jiang et al. 2021; Rao et al. 2022",
                 defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=layercam)
 register_method("scorecam", family="cam",
-                paper="Wang et al. 2020 (Eq. 4-8; github:haofanwang/Score-CAM); Rao et al. 2022",
+                paper="Wang et al. 2020 (Algorithm 1; github:haofanwang/Score-CAM); Rao et al. 2022",
                 needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
                 layer_capable=True, fn=scorecam)
 register_method("scorecam_pgc", family="cam",
