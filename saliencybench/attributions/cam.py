@@ -76,7 +76,7 @@ def _channel_masked_scores(model: nn.Module, x: Tensor, target: Tensor, act: Ten
 
     Returns ``(scores, constant)``, both (B,K): the target's softmax probability
     (``probability``) or logit for every non-constant channel, and which channels are
-    constant (their scores are left uninitialised). All B*K' masked inputs are evaluated in
+    constant (their scores are left at 0). All B*K' masked inputs are evaluated in
     chunks of ``internal_batch_size``, with no per-sample loop."""
     b, k = act.shape[:2]
     constant = act.flatten(2).amax(2) == act.flatten(2).amin(2)
