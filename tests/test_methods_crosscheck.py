@@ -172,7 +172,7 @@ def test_gradcam_matches_captum_layergradcam(model_name: str) -> None:
 PGC_CLASSES = {
     "gradcam_pp": "GradCAMPlusPlus",
     "layercam": "LayerCAM",
-    "scorecam": "ScoreCAM",
+    "scorecam_pgc": "ScoreCAM",  # the library variant; scorecam is Wang et al. 2020
     "ablationcam": "AblationCAM",
 }
 
@@ -187,7 +187,7 @@ def test_cams_match_pytorch_grad_cam(method: str, model_name: str) -> None:
     post-ReLU layers, so it matches the paper's zeroing used here."""
     build, size, layer = MODELS[model_name]
     model = build()
-    x, t = _data(size, n=1 if method in ("scorecam", "ablationcam") else 2)
+    x, t = _data(size, n=1 if method in ("scorecam_pgc", "ablationcam") else 2)
     ours = _raw(method, model, x, t, layer=layer)[:, 0].numpy()
     # pytorch-grad-cam: min-max + cv2 resize per layer, then min-max again after aggregation
     ours = scale_cam_image(scale_cam_image(ours, (size, size)))

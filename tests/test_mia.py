@@ -48,7 +48,7 @@ def test_minmax_per_sample_and_channel():
     a = torch.tensor([[[[1.0, 3.0]], [[2.0, 2.0]]]])  # channel 0 spans 1..3, channel 1 constant
     m = minmax_per_channel(a)
     assert m[0, 0].flatten().tolist() == [0.0, 1.0]
-    assert m[0, 1].flatten().tolist() == [1.0, 1.0]
+    assert m[0, 1].flatten().tolist() == [0.0, 0.0]  # constant channel: 0, as the official code
 
 
 def test_algorithm1_inputs_and_masks_are_cumulative():
@@ -81,15 +81,19 @@ def test_algorithm1_inputs_and_masks_are_cumulative():
     assert set(out.curve.unique().tolist()) <= {0.0, 1.0}
 
 
-def test_constant_attribution_keeps_the_input_and_the_accuracy():
+def test_constant_attribution_gives_mask_0():
+    """A constant channel has min-max (A - min) / (max - min) = 0 everywhere (official code):
+    a constant attribution removes the whole input from the first iteration on."""
     model = NoBiasNet().eval()
     x = torch.randn(5, 3, 8, 8, generator=torch.Generator().manual_seed(2))
     with torch.no_grad():
         y = model(x).argmax(1)
+        at_zero = model(torch.zeros_like(x)).argmax(1)
     y[0] = (y[0] + 1) % 3  # one wrong sample
-    out = mia(iterations=4).evaluate(ctx_for(model, x, y, lambda xm, t, reduce=True: torch.zeros_like(xm)), x[:, :1])
+    out = mia(iterations=4).evaluate(ctx_for(model, x, y, lambda xm, t, reduce=True: torch.ones_like(xm)), x[:, :1])
     assert out.curve[:, 0].tolist() == [0, 1, 1, 1, 1]
-    assert torch.equal(out.curve, out.curve[:, :1].expand(-1, 5))
+    expected = (at_zero == y).float()
+    assert torch.equal(out.curve[:, 1:], expected.view(-1, 1).expand(-1, 4))
 
 
 def test_single_channel_method_and_value_modes():

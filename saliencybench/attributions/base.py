@@ -178,8 +178,8 @@ def compute_attribution(
         target: (B,) class indices.
         params: overrides of the registry defaults; ``postprocess`` may override the steps.
         seeds: per-sample seeds, passed as ``seeds=`` to stochastic methods.
-        reduce: False keeps channels (skips channel reductions) for metrics such as MIA
-            that use per-channel maps.
+        reduce: False keeps channels and signs (skips channel reductions and absolute
+            values) for metrics such as MIA that use signed per-channel maps.
 
     Returns:
         (B,1,H,W) float tensor on ``x.device`` (or (B,C,H,W) when ``reduce=False``).

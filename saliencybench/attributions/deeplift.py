@@ -101,6 +101,9 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor, *,
 
     Like Captum, the objective is the target logit of both halves, so the baseline half's
     multipliers are available to the max-pool rule.
+
+    Defaults: ``baseline=None``, the all-zero reference in normalised input space (Shrikumar
+    et al. 2017 §3.1 and Captum's default; the dataset-mean colour).
     """
     base = _baseline_like(x.detach(), baseline)
     b = x.shape[0]

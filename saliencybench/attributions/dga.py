@@ -32,7 +32,12 @@ def _quantile(a: Tensor, q: float) -> Tensor:
 
 def dga(model: nn.Module, x: Tensor, target: Tensor, *, steps: int = 30, epc_quantile: float = 0.9,
         local: str = "uniform_fullgrad", masks: str = "both") -> Tensor:
-    """DGA attribution (Jeon et al. 2022, supp. Alg. F); ``masks`` is both / wc / epc."""
+    """DGA attribution (Jeon et al. 2022, supp. Alg. F); ``masks`` is both / wc / epc.
+
+    Defaults, from the paper's Algorithm F listing: ``steps=30`` (``n_steps``, N=30),
+    ``epc_quantile=0.9`` (``epc_ratio``, q=0.9), ``local="uniform_fullgrad"`` (the local
+    attribution of §3), and ``masks="both"`` for ``dga``, ``masks="wc"`` for ``dga_w`` and
+    ``masks="epc"`` for ``dga_e`` (the ablations of supp. Table 2)."""
     if local not in LOCAL_ATTRIBUTIONS:
         raise ValueError(f"unknown DGA local attribution '{local}'; choose from {sorted(LOCAL_ATTRIBUTIONS)}")
     if masks not in ("both", "wc", "epc"):

@@ -74,7 +74,9 @@ def _abs_minmax(a: Tensor) -> Tensor:
 def fullgrad(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     """FullGrad saliency (Srinivas & Fleuret 2019, Eq. 7): ``ψ(∇_x f ⊙ x) + Σ_l ψ(bias map_l)``
     with ψ = abs + per-sample min-max rescaling, maps upsampled bilinearly (align_corners=True
-    as in the authors' code) and summed over channels. (B,1,H,W)."""
+    as in the authors' code) and summed over channels. (B,1,H,W).
+
+    Defaults: none (no keyword parameters; every bias of the model is used, as in the paper)."""
     grad, maps, _ = bias_gradients(model, x, target)
     size = x.shape[-2:]
     cam = _abs_minmax(grad * x).sum(1, keepdim=True)
@@ -101,6 +103,8 @@ def uniform_fullgrad(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
     shared equally by the input channels, added to ``∇_x f ⊙ x``. For a ReLU network with
     eval BN and integer down-sampling factors the map sums to ``f_c(x)`` minus the biases of
     fully connected layers. Returns (B,C,H,W).
+
+    Defaults: none (no keyword parameters).
     """
     grad, maps, _ = bias_gradients(model, x, target)
     size = (int(x.shape[-2]), int(x.shape[-1]))

@@ -91,34 +91,52 @@ def gradient(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None =
 
     Registered as ``saliency`` with ``abs_sum`` post-processing: the absolute gradient summed
     over channels (Simonyan et al. 2014; Rao et al. 2022 supp. H use the absolute value).
+    Defaults: ``layer=None`` (the input; a module name or "input" /
+    "middle" / "final" gives the attribution at that layer's activation, Rao et al. 2022 §4).
     """
     grad, _ = gradient_at(model, x, target, _layer_name(model, layer))
     return grad
 
 
 def input_x_gradient(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
-    """Gradient x input (Shrikumar et al. 2016), at the input or a layer's activation."""
+    """Gradient x input (Shrikumar et al. 2016), at the input or a layer's activation.
+
+    Registered as ``ixg`` and as ``s_ixg`` (Rao et al. 2022 §5.2: smoothed with a Gaussian of
+    kernel 9, std 9/4, by post-processing).
+    Defaults: ``layer=None`` (the input; a module name or "input" /
+    "middle" / "final" gives the attribution at that layer's activation, Rao et al. 2022 §4)."""
     grad, act = gradient_at(model, x, target, _layer_name(model, layer))
     return grad * act
 
 
 def gradient_x_sign_input(model: nn.Module, x: Tensor, target: Tensor, *,
                           layer: str | None = None) -> Tensor:
-    """GxSI: gradient x sign(input) (Lee & Chang, Eq. 13)."""
+    """GxSI: gradient x sign(input) (Lee & Chang 2021, Eq. 13).
+
+    Defaults: ``layer=None`` (the input; a module name or "input" /
+    "middle" / "final" gives the attribution at that layer's activation, Rao et al. 2022 §4)."""
     grad, act = gradient_at(model, x, target, _layer_name(model, layer))
     return grad * torch.sign(act)
 
 
 def positive_gradient_x_input(model: nn.Module, x: Tensor, target: Tensor, *,
                               layer: str | None = None) -> Tensor:
-    """PGxI: relu(gradient) x input (Lee & Chang, §4)."""
+    """PGxI: relu(gradient) x input (Lee & Chang 2021, §4).
+
+    Defaults: ``layer=None`` (the input; a module name or "input" /
+    "middle" / "final" gives the attribution at that layer's activation, Rao et al. 2022 §4)."""
     grad, act = gradient_at(model, x, target, _layer_name(model, layer))
     return grad.clamp(min=0) * act
 
 
 def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | None = None) -> Tensor:
     """Guided Backpropagation (Springenberg et al. 2015): every ReLU call passes back only
-    positive gradients at positive inputs. Per call, so reused ReLU modules are handled."""
+    positive gradients at positive inputs. Per call, so reused ReLU modules are handled.
+
+    Registered with ``abs_sum`` post-processing (Rao et al. 2022 supp. H use the absolute
+    value).
+    Defaults: ``layer=None`` (the input; a module name or "input" /
+    "middle" / "final" gives the attribution at that layer's activation, Rao et al. 2022 §4)."""
     name = _layer_name(model, layer)
     with NonlinearityOverride(_GuidedReLU.apply):
         logits, act = forward_with_activation(model, x, name)
@@ -138,6 +156,11 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[i
     averaged; its registry defaults apply). Noise is drawn per sample from ``seeds`` so a
     batch equals single calls. Noisy copies are evaluated in chunks of
     ``internal_batch_size`` images.
+
+    Defaults: ``base="saliency"`` (the gradient, as Smilkov et al. 2017 §2), ``n_samples=15``
+    (Rao et al. 2022 supp. G, Fig. 26: 15 samples per input), ``noise_level=0.15`` (Smilkov et
+    al. 2017 §3.2 recommend 10-20% of the input range), ``internal_batch_size=64`` (no effect
+    on values), ``layer=None`` (the input).
     """
     entry = METHODS.get(base)
     kw = dict(entry.meta.get("defaults", {}))

@@ -54,7 +54,17 @@ PAPER = "Otsuki et al. 2024 (ECCV), LRP with Conservation Property for ResNet"
 
 
 def lrp(model: nn.Module, x: Tensor, target: Tensor, **params: Any) -> Tensor:
-    """LRP relevance at the input (B,C,H,W); params are the fields of ``LRPConfig``."""
+    """LRP relevance at the input (B,C,H,W); params are the fields of ``LRPConfig``.
+
+    Registered as the baselines of Otsuki et al. 2024 (Table 1, supp. Table C): ``lrp_epsilon``
+    (Bach et al. 2015, ``rule="epsilon"``), ``lrp_zplus`` / ``lrp_alpha1beta0`` (Montavon et
+    al. 2017, ``rule="zplus"``) and ``lrp_mixture`` (``rule="mixture"``, ``switch_block=8``:
+    epsilon after ResNet50's 8th block, 001 supp. Table C). Defaults, shared by the four:
+    the standard (zennit-style) LRP of those baselines, not 001's method: ``canonize_bn=True``
+    (BN folded into the conv before it), ``split="signed"`` and ``include_identity=True``
+    (the plain sum rule at residual merges), ``init="logit"`` (relevance starts at the
+    target logit), ``epsilon=1e-06`` and ``stabilizer=1e-06`` (zennit's default stabiliser),
+    ``zplus_mode="alpha1beta0"`` (positive weights and inputs, no bias: zennit's ZPlus)."""
     return lrp_relevance(model, x, target, config=LRPConfig(**params)).relevance
 
 
@@ -65,7 +75,18 @@ def has_residual_blocks(model: nn.Module) -> bool:
 
 def lrp_for_resnet(model: nn.Module, x: Tensor, target: Tensor, **params: Any) -> Tensor:
     """LRP for ResNet (001); not applicable to networks without residual blocks, where every
-    splitting variant reduces to the same plain z+ pass (use lrp_zplus there)."""
+    splitting variant reduces to the same plain z+ pass (use lrp_zplus there).
+
+    Defaults, from Otsuki et al. 2024 (§3, Eq. 4-8) and its code
+    (github:keio-smilab24/LRP-for-ResNet): ``rule="zplus"``, ``split="ratio"`` (Eq. 5),
+    ``include_identity=True`` (splitting at identity skips too, Table 2 (iv)),
+    ``init="prob"`` (relevance starts at the target's softmax probability),
+    ``stabilizer=0.0`` and ``zplus_mode="paper"`` (the authors' z+). Variants (Table 2, supp.
+    Table C): ``lrp_resnet_ratio_noidentity`` ``include_identity=False``;
+    ``lrp_resnet_symmetric`` ``split="symmetric"`` (Eq. 4); ``lrp_resnet_symmetric_noidentity``
+    ``split="symmetric"``, ``include_identity=False``; ``lrp_resnet_mixture``
+    ``rule="mixture"`` with ``epsilon=1e-06`` and ``canonize_bn="epsilon"`` (BN folded where
+    the epsilon rule applies)."""
     if not has_residual_blocks(model):
         raise NotApplicableError("LRP for ResNet needs residual blocks; the model has none (use lrp_zplus)")
     return lrp(model, x, target, **params)

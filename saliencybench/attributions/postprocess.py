@@ -89,16 +89,19 @@ def heat_quantize(a: Tensor, levels: int = 8) -> Tensor:
 def apply_postprocess(
     a: Tensor, steps: Sequence[str], *, size: Sequence[int] | None = None, reduce: bool = True
 ) -> Tensor:
-    """Apply ``steps`` to (B,C,h,w) maps; the result is upsampled to ``size`` if smaller."""
+    """Apply ``steps`` to (B,C,h,w) maps; the result is upsampled to ``size`` if smaller.
+
+    ``reduce=False`` gives the signed per-channel maps that masked input accuracy needs (Lee &
+    Chang, Algorithm 1 and Eq. 11): channel reductions and absolute values (``abs``, and the
+    ``abs`` of ``abs_sum`` / ``abs_max``) are skipped; every other step is applied."""
     for step in steps:
         name, _, arg = step.partition(":")
         if name in CHANNEL_REDUCTIONS:
             if reduce:
                 a = reduce_channels(a, name)
-            elif name.startswith("abs"):
-                a = a.abs()
         elif name == "abs":
-            a = a.abs()
+            if reduce:
+                a = a.abs()
         elif name == "positive":
             a = a.clamp(min=0)
         elif name == "negative":

@@ -140,7 +140,7 @@ class EvalContext:
 
     ``attribute(x, target, **kw)`` calls the method under evaluation again (through the
     registry, model guard and post-processing) for metrics such as MIA that need it; it
-    returns (B,1,H,W) maps, or per-channel (B,C,H,W) maps with ``reduce=False``.
+    returns (B,1,H,W) maps, or signed per-channel (B,C,H,W) maps with ``reduce=False``.
     ``forward_counter`` is incremented by metrics with the number of images they push
     through the model, so the run manifest can show where the forward passes went.
     """

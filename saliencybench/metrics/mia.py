@@ -13,10 +13,14 @@ Q_i of the paper's tables.
 Conventions:
 
 - The method is called again at every iteration through ``ctx.attribute(x, target,
-  reduce=False)`` (the registry, model guard and post-processing of the method, channels kept);
-  a method whose output has one channel gives one mask for all channels.
-- A channel whose attribution is constant (max = min) gets mask 1 (it carries no ranking, so it
-  removes nothing) instead of a division by zero.
+  reduce=False)`` (the registry and model guard of the method): the *signed* attribution per
+  channel, for every method (004 Alg. 1 and Eq. 11 min-max normalise A itself; the official
+  code applies no absolute value). Channel reductions and absolute values of the method's
+  post-processing are skipped, so Guided Backprop or Saliency give their signed gradients here,
+  not |GBP|; other steps (smoothing, quantisation) are kept. A method whose output has one
+  channel gives one mask for all channels.
+- A channel whose attribution is constant (max = min) gets mask 0, as in the official code
+  (its min-max normalisation ``(A - min) / (max - min)`` has a zero numerator everywhere).
 - A non-finite attribution at any iteration gives the sample the status
   ``nonfinite_attribution`` and a NaN value; its mask is frozen from then on.
 - ``target``: "label" (Algorithm 1, the default) or "predicted" (the class predicted on the
@@ -42,12 +46,13 @@ from saliencybench.models.layout import fast_layout
 
 
 def minmax_per_channel(a: Tensor) -> Tensor:
-    """Eq. 11 per sample and channel: (A - min) / (max - min); constant channels give 1."""
+    """Lee & Chang (004) Eq. 11 per sample and channel: (A - min) / (max - min) of the signed
+    attribution; a constant channel gives 0 (the official code's value, whose numerator is 0)."""
     lo = a.amin(dim=(2, 3), keepdim=True)
     hi = a.amax(dim=(2, 3), keepdim=True)
     span = hi - lo
     safe = torch.where(span > 0, span, torch.ones_like(span))
-    return torch.where(span > 0, (a - lo) / safe, torch.ones_like(a))
+    return torch.where(span > 0, (a - lo) / safe, torch.zeros_like(a))
 
 
 @register_metric(
