@@ -81,7 +81,12 @@ def lrp_for_resnet(model: nn.Module, x: Tensor, target: Tensor, **params: Any) -
     (github:keio-smilab24/LRP-for-ResNet): ``rule="zplus"``, ``split="ratio"`` (Eq. 5),
     ``include_identity=True`` (splitting at identity skips too, Table 2 (iv)),
     ``init="prob"`` (relevance starts at the target's softmax probability),
-    ``stabilizer=0.0`` and ``zplus_mode="paper"`` (the authors' z+). Variants (Table 2, supp.
+    ``stabilizer=0.0`` and ``zplus_mode="paper"`` (the authors' z+); the first layer
+    ``input_rule="ones"`` (the official code's z+ step on a tensor of ones; ``"zplus"``,
+    ``"zbox"`` with ``input_mean=None`` / ``input_std=None``, which it needs set to the dataset's
+    normalisation, and ``"flat"`` are the options) and ``maxpool="wta"`` (the max pool's own
+    rule; ``"avg2"`` is the official code's 2x2 average pool), chosen from the measured
+    comparison in the README; the ``otsuki2024-*`` suites set ``maxpool="avg2"``. Variants (Table 2, supp.
     Table C): ``lrp_resnet_ratio_noidentity`` ``include_identity=False``;
     ``lrp_resnet_symmetric`` ``split="symmetric"`` (Eq. 4); ``lrp_resnet_symmetric_noidentity``
     ``split="symmetric"``, ``include_identity=False``; ``lrp_resnet_mixture``
