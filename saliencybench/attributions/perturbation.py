@@ -21,6 +21,7 @@ from saliencybench.attributions.layer import (
     target_scores,
 )
 from saliencybench.benchmark.registry import register_method
+from saliencybench.models.grid_settings import class_probabilities
 from saliencybench.models.layout import fast_layout
 
 
@@ -107,7 +108,8 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
          grid: int = 6, p1: float = 0.1, internal_batch_size: int = 256,
          mask_chunk: int = 250) -> Tensor:
     """RISE (Petsiuk et al. 2018, Eq. 6): ``Σ_i p_c(x ⊙ M_i) M_i / (N p1)`` with the softmax
-    probability of the target; Rao et al. 2022 use N=1000, s=6, p1=0.1. Masks are generated
+    probability of the target (per head on a grid model: the softmax of the selected head's
+    own logits, Rao et al. 2022 §3.1); Rao et al. 2022 use N=1000, s=6, p1=0.1. Masks are generated
     on the device per sample from its seed, ``mask_chunk`` at a time, and evaluated in
     batches of ``internal_batch_size`` images. Returns (B,1,H,W)."""
     b = x.shape[0]
@@ -123,7 +125,7 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
         for s in range(0, b * n, internal_batch_size):
             sl = slice(s, s + internal_batch_size)
             out = model(fast_layout(x[bi[sl]] * flat_masks[sl]))
-            p = torch.softmax(out.float(), 1).to(x.dtype)
+            p = class_probabilities(model, out.float()).to(x.dtype)
             probs.view(-1)[sl] = p.gather(1, target[bi[sl]].view(-1, 1)).squeeze(1)
         sal += (probs.view(b, n, 1, 1, 1) * masks).sum(1)
     return sal / (n_masks * p1)
