@@ -64,5 +64,7 @@ def test_runner_grid_pipeline_and_report(tmp_path, toy_registrations):
     names = {p.name for p in figs}
     for expect in ["localization_boxes__gridtoy_net.png", "aggatt_gridpg__gridtoy_net.png",
                    "aggatt_difull__gridtoy_net.png", "spearman_gridpg__gridtoy_net.png", "aggatt_bins.csv",
-                   "localization_table.csv"]:
+                   "aggatt_examples_gridpg__gridtoy_net.png", "localization_table.csv"]:
         assert expect in names, (expect, sorted(names))
+    bins = pd.read_csv(tmp_path / "out" / "figures" / "aggatt_bins.csv")
+    assert bins["median_sample_id"].notna().all()

@@ -321,18 +321,24 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
 
     - ``localization_table.csv`` (+ ``.md``): mean / median / std per setting x model x
       method x layer; ``localization_boxes_<model>.png`` (003 Fig. 9).
-    - ``aggatt_<setting>_<model>.png`` and ``aggatt_bins.csv`` (003 Fig. 12, supp. §H.4),
-      from the cached maps. The paper shows the top-left cell only (``aggatt_cell=0``); the
-      default ``"align"`` uses every scored cell, each map shifted by whole cells so its
+    - ``aggatt_<setting>_<model>.png``, ``aggatt_examples_<setting>_<model>.png`` (the map
+      of each bin's median sample) and ``aggatt_bins.csv`` (003 Fig. 12, supp. §H.4), from
+      the cached maps. The paper's figures show the scored cell at the top-left. The default
+      ``aggatt_cell="align"`` uses every scored cell, each map shifted by whole cells so its
       target is top-left (:func:`align_to_top_left`), which multiplies the maps per bin by
-      n*n (GridPG) or 2 (DiFull / DiPart) for small runs.
+      n*n (GridPG) or 2 (DiFull / DiPart) for small runs; ``aggatt_cell=k`` keeps only the
+      maps scored at cell k, in place (the official code's ``head_pos_idx``);
+      ``aggatt_cell="all"`` keeps every map in place, each scored against its own cell.
     - ``spearman_<setting>_<model>.csv/.png`` (003 Fig. 19).
     - ``kernel_sweep.csv`` (+ ``.md``) when smoothed S-IntGrad / S-IxG aliases were run
       (003 supp. Tables 1-2).
     """
     import pandas as pd
 
-    from saliencybench.metrics.aggatt import DEFAULT_PERCENTILES, aggatt_bins, bin_scores, plot_aggatt
+    from saliencybench.metrics.aggatt import (
+        DEFAULT_PERCENTILES, aggatt_bins, bin_median_positions, bin_scores, plot_aggatt,
+        plot_aggatt_examples, sort_by_localization,
+    )
     from saliencybench.metrics.spearman import kernel_sweep_table, plot_spearman, spearman_matrix
     from saliencybench.models.grid_settings import cell_masks
 
@@ -362,31 +368,49 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
         for (setting, model, dataset), sub in df.groupby(["setting", "model", "dataset"], sort=False):
             n = int(sub["n"].iloc[0])
             rows: dict[str, Tensor] = {}
+            examples: dict[str, Tensor] = {}
             for method in _label_order(sub):
                 try:
                     ids, maps = cache.load(dataset, model, method)
                 except Exception:  # nothing cached for this method (failed or not cached)
                     continue
                 cells = [_cell_of(sid) for sid in ids]
-                keep = [i for i, c in enumerate(cells) if c is not None and (aggatt_cell == "align" or c == aggatt_cell)]
+                keep = [i for i, c in enumerate(cells)
+                        if c is not None and (aggatt_cell in ("align", "all") or c == int(aggatt_cell))]
                 if not keep:
                     continue
                 maps = maps[torch.as_tensor(keep)].float()
+                all_masks = cell_masks(maps.shape[-2:], n)
                 if aggatt_cell == "align":
                     maps = align_to_top_left(maps, [cells[i] for i in keep], n)
-                    mask = cell_masks(maps.shape[-2:], n)[0].expand(maps.shape[0], 1, -1, -1)
+                    mask = all_masks[0].expand(maps.shape[0], 1, -1, -1)
+                elif aggatt_cell == "all":
+                    mask = all_masks[torch.as_tensor([cells[i] for i in keep])]
                 else:
-                    mask = cell_masks(maps.shape[-2:], n)[int(aggatt_cell)].expand(maps.shape[0], 1, -1, -1)
+                    mask = all_masks[int(aggatt_cell)].expand(maps.shape[0], 1, -1, -1)
                 score, inside, _ = localization_parts(maps, mask)
                 means, ranges = aggatt_bins(maps, score, inside, DEFAULT_PERCENTILES)
                 rows[method] = means
+                order = sort_by_localization(score, inside)
+                medians = bin_median_positions(ranges)
+                examples[method] = torch.stack([
+                    maps[int(order[m])] if m is not None else torch.zeros_like(maps[0]) for m in medians])
                 for b, (info, (a, e)) in enumerate(zip(bin_scores(score, inside, ranges), ranges)):
+                    med = medians[b]
                     bin_rows.append({"setting": setting, "model": model, "dataset": dataset, "method": method,
                                      "bin": b, "pct_lo": DEFAULT_PERCENTILES[b], "pct_hi": DEFAULT_PERCENTILES[b + 1],
-                                     **info})
+                                     **info, "median_sample_id": "" if med is None else ids[keep[int(order[med])]]})
             if rows:
+                view = {"align": "scored cell moved to the top-left", "all": "every cell in place"}.get(
+                    str(aggatt_cell), f"cell {aggatt_cell} only")
+                box = 0 if aggatt_cell in ("align", "all") else int(aggatt_cell)
                 paths.append(plot_aggatt(rows, fig_dir / f"aggatt_{_safe(setting)}_{_safe(model)}.png",
-                                         title=f"AggAtt {setting} {model} (target cell: top-left)", n=n))
+                                         title=f"AggAtt {setting} {model} ({view})", n=n,
+                                         cell=box if aggatt_cell != "all" else -1))
+                paths.append(plot_aggatt_examples(
+                    examples, fig_dir / f"aggatt_examples_{_safe(setting)}_{_safe(model)}.png",
+                    title=f"AggAtt examples {setting} {model}: map of each bin's median sample ({view})",
+                    n=n, cell=box if aggatt_cell != "all" else -1))
     if bin_rows:
         p = fig_dir / "aggatt_bins.csv"
         pd.DataFrame(bin_rows).to_csv(p, index=False, float_format="%.4f")
