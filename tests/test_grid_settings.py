@@ -387,3 +387,50 @@ def test_difull_rise_map_ignores_other_cells():
     a = compute_attribution("rise", w, x, target, params=params, seeds=[0, 1])
     b = compute_attribution("rise", w, y, target, params=params, seeds=[0, 1])
     torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "layercam", "scorecam", "ablationcam"])
+def test_cam_methods_at_the_input_layer(method):
+    """Rao et al. 2022 Fig. 9: CAMs at the input treat the image's channels as the activation
+    (the official code hands every method the activation at the requested layer)."""
+    from saliencybench.attributions.base import compute_attribution, raw_attribution
+    from saliencybench.benchmark.registry import METHODS
+
+    torch.manual_seed(0)
+    w = GridSetting(SmallRFNet().eval(), "gridpg", 2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    target = torch.tensor([1, 5 + 2])
+    maps = compute_attribution(method, w, x, target, params={"layer": "input"})
+    assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all() and float(maps.abs().sum()) > 0
+    if method == "gradcam":  # relu(sum_c mean_ij(dy/dx_c) x_c) at full resolution
+        xg = x.clone().requires_grad_(True)
+        w(xg).gather(1, target[:, None]).sum().backward()
+        expect = (xg.grad.mean((2, 3), keepdim=True) * x).sum(1, keepdim=True).clamp(min=0)
+        raw = raw_attribution(METHODS.get("gradcam"), w, x, target, params={"layer": "input"})
+        torch.testing.assert_close(raw, expect, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["gridpg", "difull"])
+@pytest.mark.parametrize("layer", ["middle", "final"])
+def test_rise_at_middle_and_final_layers(setting, layer):
+    """RISE at a layer (Rao et al. 2022 Fig. 9, official code): masks of the layer's size
+    multiply its activation; in DiFull the map stays in the scored cell's part of the layer."""
+    from saliencybench.attributions.base import compute_attribution, raw_attribution
+    from saliencybench.benchmark.registry import METHODS
+
+    torch.manual_seed(0)
+    m = SmallRFNet().eval()
+    w = GridSetting(m, setting, 2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    target = torch.tensor([0 * 5 + 1, 0 * 5 + 4])
+    params = {"n_masks": 32, "grid": 4, "layer": layer}
+    raw = raw_attribution(METHODS.get("rise"), w, x, target, params=params, seeds=[0, 1])
+    side = 32 if layer == "middle" else 16  # features.1: full resolution; features.4: after the pool
+    assert raw.shape == (2, 1, side, side) and torch.isfinite(raw).all()
+    maps = compute_attribution("rise", w, x, target, params=params, seeds=[0, 1])
+    assert maps.shape == (2, 1, 32, 32)
+    if setting == "difull":  # replacing another cell changes nothing for the top-left head
+        y = x.clone()
+        y[:, :, 16:, :16] = 3 * torch.randn(2, 3, 16, 16)
+        again = raw_attribution(METHODS.get("rise"), w, y, target, params=params, seeds=[0, 1])
+        torch.testing.assert_close(again, raw, atol=1e-6, rtol=1e-5)

@@ -228,6 +228,53 @@ def annotate_scores(scores, metric_names: list[str], manifest: dict[str, Any]):
     return df
 
 
+#: Why a (method, layer) combination is absent, where it cannot be computed at all.
+IMPOSSIBLE_LAYERS: dict[tuple[str, str], str] = {}
+
+
+def localization_status(scores, metric_names: list[str], manifest: dict[str, Any]):
+    """One row per (setting, model, base method, layer) of the suite's methods x layers:
+    ``status`` = ``ok``, ``failed: <reason>`` (no valid sample; the most common status of
+    its rows), ``partial: k of n failed``, or ``not run: <why>`` (the combination is not in
+    the suite, or cannot be computed: :data:`IMPOSSIBLE_LAYERS`, methods without a layer
+    variant). Rao et al. 2022 Fig. 9 covers every method at every layer; a gap in the table
+    is never silent."""
+    import pandas as pd
+
+    from saliencybench.benchmark.registry import METHODS
+
+    rows = scores[scores["metric"].isin(metric_names)].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=["setting", "model", "base_method", "layer", "status"])
+    rows["_status"] = rows["status"].astype(str)
+    rows["status"] = "ok"
+    df = annotate_scores(rows, metric_names, manifest)
+    out = []
+    bases = list(dict.fromkeys(df["base_method"]))
+    layers = [l for l in LAYER_ORDER if l in set(df["layer"])] + sorted(set(df["layer"]) - set(LAYER_ORDER))
+    for (setting, model), sub in df.groupby(["setting", "model"], sort=False):
+        for base in bases:
+            for layer in layers:
+                cell = sub[(sub["base_method"] == base) & (sub["layer"] == layer)]
+                if len(cell):
+                    bad = cell[cell["_status"] != "ok"]
+                    if len(bad) == 0:
+                        status = "ok"
+                    elif len(bad) == len(cell):
+                        status = "failed: " + str(bad["_status"].mode().iloc[0])[:160]
+                    else:
+                        status = f"partial: {len(bad)} of {len(cell)} samples failed"
+                else:
+                    why = IMPOSSIBLE_LAYERS.get((base, layer))
+                    if why is None and layer != "input" and base in METHODS and \
+                            not METHODS.get(base).meta.get("layer_capable"):
+                        why = "the method has no layer variant"
+                    status = "not run: " + (why or "not in this suite")
+                out.append({"setting": setting, "model": model, "base_method": base, "layer": layer,
+                            "status": status})
+    return pd.DataFrame(out)
+
+
 def _label_order(df) -> list[str]:
     """Method labels ordered by layer (input, middle, final, others) then first appearance."""
     first = {m: i for i, m in enumerate(dict.fromkeys(df["method"]))}
@@ -355,8 +402,19 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
     p = fig_dir / "localization_table.csv"
     table.to_csv(p, index=False, float_format="%.4f")
     paths.append(p)
+    status = localization_status(scores, names, manifest)
+    p = fig_dir / "localization_status.csv"
+    status.to_csv(p, index=False)
+    paths.append(p)
     md = fig_dir / "localization_table.md"
-    md.write_text(localization_markdown(table))
+    text = localization_markdown(table)
+    gaps = status[status["status"] != "ok"] if len(status) else status
+    if len(gaps):
+        text += ("\n### Not computed or incomplete (method x layer)\n\n"
+                 "| setting | model | method | layer | status |\n|---|---|---|---|---|\n"
+                 + "".join(f"| {r.setting} | {r.model} | {r.base_method} | {r.layer} | {r.status} |\n"
+                           for r in gaps.itertuples()))
+    md.write_text(text)
     paths.append(md)
 
     for model, sub in df.groupby("model", sort=False):
