@@ -315,7 +315,7 @@ def _zoo_resnet():
     return MODELS.get("sb_resnet").obj()
 
 
-@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "sb_resnet"])
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "sb_resnet", "inception_v3"])
 def test_gridpg_global_pool_head_is_the_model_on_the_whole_grid(arch):
     """Rao et al. 2022 §3.1 / official code: with a global-pooling head the GridPG logits are
     ``model(grid)`` (GAP over the whole composite), not the mean of a GAP+fc slid over
@@ -323,6 +323,10 @@ def test_gridpg_global_pool_head_is_the_model_on_the_whole_grid(arch):
     torch.manual_seed(0)
     if arch == "sb_resnet":
         m, size, k = _zoo_resnet(), 128, None
+    elif arch == "inception_v3":  # AuxLogits stays out of the chain; transform_input is kept
+        m = torchvision.models.inception_v3(weights=None, num_classes=6, init_weights=False,
+                                            transform_input=True).eval()
+        size = 160
     else:
         k = 6
         m = getattr(torchvision.models, arch)(weights=None, num_classes=k).eval()

@@ -56,6 +56,7 @@ from saliencybench.models.precision import exact_fp32
 SETTINGS = ("gridpg", "difull", "dipart")
 
 _POOL_NAMES = ("avgpool", "pool", "global_pool", "gap")
+_AUX_NAMES = ("AuxLogits", "aux_logits")
 
 
 # -- grid <-> cells --------------------------------------------------------------------------
@@ -132,7 +133,8 @@ def split_backbone_head(model: nn.Module) -> tuple[list[str], list[str]]:
     explicit = getattr(model, "sb_grid_split", None)
     if explicit is not None:
         return list(explicit[0]), list(explicit[1])
-    names = [n for n, _ in model.named_children()]
+    # auxiliary classifiers run only in training (Inception's AuxLogits): not in the chain
+    names = [n for n, _ in model.named_children() if n not in _AUX_NAMES]
     for i, name in enumerate(names):
         if name in _POOL_NAMES:
             if i == 0 or i == len(names) - 1:
@@ -181,6 +183,8 @@ def default_layers(model: nn.Module) -> dict[str, str | None]:
     children = dict(model.named_children())
     if "layer4" in children and "layer2" in children:
         return {"input": None, "middle": "layer2", "final": "layer4", "cam": "layer4"}
+    if "Mixed_7c" in children and "Mixed_6e" in children:  # torchvision Inception-v3
+        return {"input": None, "middle": "Mixed_6e", "final": "Mixed_7c", "cam": "Mixed_7c"}
     feats = children.get("features")
     if isinstance(feats, nn.Sequential):
         relus_after_conv: list[str] = []
@@ -232,8 +236,13 @@ class Backbone(nn.Module):
         for name in self.order:
             child = getattr(model, name)
             self.add_module(name, child if cellwise_n is None else _cellwise(child, cellwise_n))
+        # torchvision Inception-v3 with ImageNet weights re-normalises its input first
+        pre = getattr(model, "_transform_input", None) if getattr(model, "transform_input", False) else None
+        self._pre = [pre] if pre is not None else []  # a plain list: not a submodule
 
     def forward(self, x: Tensor) -> Tensor:
+        for pre in self._pre:
+            x = pre(x)
         for name in self.order:
             x = getattr(self, name)(x)
         return x
