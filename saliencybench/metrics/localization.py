@@ -410,10 +410,13 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
     text = localization_markdown(table)
     gaps = status[status["status"] != "ok"] if len(status) else status
     if len(gaps):
+        grouped = gaps.groupby(["base_method", "layer", "status"], sort=False).agg(
+            settings=("setting", lambda v: ", ".join(dict.fromkeys(v))),
+            models=("model", lambda v: ", ".join(dict.fromkeys(v)))).reset_index()
         text += ("\n### Not computed or incomplete (method x layer)\n\n"
-                 "| setting | model | method | layer | status |\n|---|---|---|---|---|\n"
-                 + "".join(f"| {r.setting} | {r.model} | {r.base_method} | {r.layer} | {r.status} |\n"
-                           for r in gaps.itertuples()))
+                 "| method | layer | status | settings | models |\n|---|---|---|---|---|\n"
+                 + "".join(f"| {r.base_method} | {r.layer} | {r.status} | {r.settings} | {r.models} |\n"
+                           for r in grouped.itertuples()))
     md.write_text(text)
     paths.append(md)
 
