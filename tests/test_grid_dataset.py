@@ -200,3 +200,78 @@ def test_registered_grid_factory_calls_base_dataset(base_and_model):
         assert DATASETS.get("difull_synthetic").meta["setting"] == "difull"
     finally:
         DATASETS.remove("_toybase_for_grid_test")
+
+
+class ScaledNet(MeanNet):
+    """MeanNet with logits scaled by ``s``: the same predictions at other confidences."""
+
+    def __init__(self, s: float) -> None:
+        super().__init__()
+        with torch.no_grad():
+            self.fc.weight.mul_(s)
+
+
+def test_strict_selection_raises_instead_of_lowering_the_threshold(base_and_model):
+    """Paper suites (min_confidence_fallback = false): too few confident images is an error."""
+    from saliencybench.datasets.grid import GridSelectionError
+
+    base, model = base_and_model
+    with pytest.raises(GridSelectionError, match="min_confidence_fallback"):
+        build_grid_samples(base, model, n_samples=400, threshold=0.99, min_confidence_fallback=False)
+    with pytest.warns(GridThresholdWarning):  # the default suites keep the documented fallback
+        build_grid_samples(base, model, n_samples=400, threshold=0.99)
+
+
+def test_suite_selection_is_the_same_for_every_model(base_and_model):
+    """select_models = "suite": an image qualifies only when every model of the suite
+    classifies it with confidence >= threshold, so every model gets the same grids, and each
+    model is screened once (Rao et al. 2022 supp. H.1)."""
+    from saliencybench.datasets.grid import ScreeningCache, confidence_of_label, grid
+
+    base, _ = base_and_model
+    models = {"sharp": MeanNet().eval(), "soft": ScaledNet(0.7).eval()}
+
+    @register_dataset("_gridsel_base")
+    def _base(*, split="test", n_samples=None, seed=0):
+        return base
+
+    try:
+        cache = ScreeningCache()
+        kw = dict(source="_gridsel_base", setting="gridpg", n_samples=8, threshold=0.99,
+                  select_models="suite", suite_models=list(models), load_model=models.__getitem__,
+                  screen_cache=cache, min_confidence_fallback=False)
+        a = grid(model=models["sharp"], model_name="sharp", **kw)
+        b = grid(model=models["soft"], model_name="soft", **kw)
+        assert cache.computed == 2  # one screening per model for the whole suite
+        assert a.info["grid_sources"] == b.info["grid_sources"]
+        assert torch.equal(a.grids, b.grids)
+        assert a.info["selection_models"] == ["sharp", "soft"]
+        used = {sid for row in a.info["grid_sources"] for sid in row}
+        for m in models.values():
+            p, c = confidence_of_label(m, base.x, base.y)
+            ok = {base.sample_ids[i] for i in torch.nonzero(c & (p >= 0.99)).view(-1).tolist()}
+            assert used <= ok
+        # per-model selection (the default suites) would give the models different grids
+        own = [grid(model=m, model_name=k, source="_gridsel_base", setting="gridpg", n_samples=8,
+                    threshold=0.99).info["grid_sources"] for k, m in models.items()]
+        assert own[0] != own[1]
+    finally:
+        DATASETS.remove("_gridsel_base")
+
+
+def test_paper_suite_selection_and_ig_steps():
+    """rao2022-gridpg: whole validation split, every model, no silent threshold lowering,
+    IG / S-IntGrad with 20 steps (the official code's captum n_steps=20)."""
+    import tomllib
+    from pathlib import Path
+
+    data = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "rao2022-gridpg.toml").read_text())
+    for name, ds in data["datasets"].items():
+        assert "pool" not in ds, name
+        assert ds["select_models"] == "suite" and ds["min_confidence_fallback"] is False
+        assert ds["threshold"] == 0.99
+    ig = {k: v for k, v in data["methods"].items() if v.get("base") in ("integrated_gradients", "s_intgrad")}
+    assert len(ig) == 9
+    assert all(v.get("steps") == 20 for v in ig.values()), ig
+    default = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "gridpg-default.toml").read_text())
+    assert all(ds["min_confidence_fallback"] is True for ds in default["datasets"].values())

@@ -143,8 +143,8 @@ def test_gridpg_logit_map_equals_single_image_logits():
         assert lm.shape == (4, k, 9, 9)
         torch.testing.assert_close(lm[:, :, r * 8, c * 8], ref, atol=1e-5, rtol=0)
         torch.testing.assert_close(out_al[:, cell], ref, atol=1e-5, rtol=0)
-        # the paper's single head: mean of the slid classifier, the same block for every cell
-        torch.testing.assert_close(out_gl[:, 0], lm.mean((2, 3)), atol=1e-6, rtol=0)
+        # the paper's single head: a GAP head pools the whole composite, = model(grid)
+        torch.testing.assert_close(out_gl[:, 0], rf_net(grid), atol=1e-6, rtol=0)
         assert torch.equal(out_gl[:, 0], out_gl[:, 3])
 
 
@@ -307,3 +307,134 @@ def test_layer_occlusion_runs_in_every_setting(setting):
     x = torch.randn(2, 3, 32, 32)
     maps = compute_attribution("occlusion", w, x, torch.tensor([1, 5 + 2]), params={"layer": "final", "window": 3, "stride": 2})
     assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()
+
+
+def _zoo_resnet():
+    from saliencybench.benchmark.registry import MODELS
+
+    return MODELS.get("sb_resnet").obj()
+
+
+@pytest.mark.parametrize("arch", ["resnet18", "resnet50", "sb_resnet", "inception_v3"])
+def test_gridpg_global_pool_head_is_the_model_on_the_whole_grid(arch):
+    """Rao et al. 2022 §3.1 / official code: with a global-pooling head the GridPG logits are
+    ``model(grid)`` (GAP over the whole composite), not the mean of a GAP+fc slid over
+    cell-sized windows (which weights the centre of the composite ~3x)."""
+    torch.manual_seed(0)
+    if arch == "sb_resnet":
+        m, size, k = _zoo_resnet(), 128, None
+    elif arch == "inception_v3":  # AuxLogits stays out of the chain; transform_input is kept
+        m = torchvision.models.inception_v3(weights=None, num_classes=6, init_weights=False,
+                                            transform_input=True).eval()
+        size = 160
+    else:
+        k = 6
+        m = getattr(torchvision.models, arch)(weights=None, num_classes=k).eval()
+        size = 64
+    x = torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(4))
+    w = GridSetting(m, "gridpg", 2, cell_size=(size // 2, size // 2)).eval()
+    assert w.classifier_mode == "pool"
+    with torch.no_grad():
+        out = w(x)
+        ref = m(x)
+    k = ref.shape[1]
+    assert out.shape == (2, 4 * k)
+    for cell in range(4):
+        torch.testing.assert_close(out[:, cell * k:(cell + 1) * k], ref, atol=1e-5, rtol=1e-5)
+
+
+def test_gridpg_vgg_fixed_size_head_still_slides():
+    torch.manual_seed(0)
+    m = VGGLike().eval()
+    w = GridSetting(m, "gridpg", 2, cell_size=(16, 16))
+    assert w.classifier_mode == "slide"
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(w(x)[:, :4], w.logit_map(x).mean((2, 3)))
+    forced = GridSetting(_zoo_resnet(), "gridpg", 2, classifier="slide")
+    assert forced.classifier_mode == "slide"
+
+
+@pytest.mark.parametrize("setting", ["difull", "dipart"])
+def test_probabilities_are_per_head(setting):
+    """A DiFull / DiPart probability is the softmax of the selected head's own K logits: in
+    DiFull, another cell's image cannot change the target head's probabilities."""
+    from saliencybench.models.grid_settings import class_probabilities
+
+    torch.manual_seed(0)
+    m = SmallRFNet().eval()
+    w = GridSetting(m, setting, 2)
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        p = class_probabilities(w, w(x)).view(2, 4, 5)
+        torch.testing.assert_close(p.sum(-1), torch.ones(2, 4))
+        if setting == "difull":
+            torch.testing.assert_close(p[:, 0], torch.softmax(m(x[:, :, :16, :16]), 1))
+            y = x.clone()
+            y[:, :, 16:, 16:] = torch.randn(2, 3, 16, 16) * 5
+            q = class_probabilities(w, w(y)).view(2, 4, 5)
+            assert torch.equal(p[:, 0], q[:, 0])
+
+
+def test_difull_rise_map_ignores_other_cells():
+    """RISE on DiFull: replacing another cell's image leaves the target head's map unchanged
+    (it did not when the softmax ran over every head's logits together)."""
+    from saliencybench.attributions.base import compute_attribution
+
+    torch.manual_seed(0)
+    w = GridSetting(SmallRFNet().eval(), "difull", 2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(5))
+    y = x.clone()
+    y[:, :, 16:, 16:] = torch.randn(2, 3, 16, 16, generator=torch.Generator().manual_seed(6)) * 3
+    target = torch.tensor([0 * 5 + 1, 0 * 5 + 3])
+    params = {"n_masks": 64, "grid": 4}
+    a = compute_attribution("rise", w, x, target, params=params, seeds=[0, 1])
+    b = compute_attribution("rise", w, y, target, params=params, seeds=[0, 1])
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("method", ["gradcam", "gradcam_pp", "layercam", "scorecam", "ablationcam"])
+def test_cam_methods_at_the_input_layer(method):
+    """Rao et al. 2022 Fig. 9: CAMs at the input treat the image's channels as the activation
+    (the official code hands every method the activation at the requested layer)."""
+    from saliencybench.attributions.base import compute_attribution, raw_attribution
+    from saliencybench.benchmark.registry import METHODS
+
+    torch.manual_seed(0)
+    w = GridSetting(SmallRFNet().eval(), "gridpg", 2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    target = torch.tensor([1, 5 + 2])
+    maps = compute_attribution(method, w, x, target, params={"layer": "input"})
+    assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all() and float(maps.abs().sum()) > 0
+    if method == "gradcam":  # relu(sum_c mean_ij(dy/dx_c) x_c) at full resolution
+        xg = x.clone().requires_grad_(True)
+        w(xg).gather(1, target[:, None]).sum().backward()
+        expect = (xg.grad.mean((2, 3), keepdim=True) * x).sum(1, keepdim=True).clamp(min=0)
+        raw = raw_attribution(METHODS.get("gradcam"), w, x, target, params={"layer": "input"})
+        torch.testing.assert_close(raw, expect, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize("setting", ["gridpg", "difull"])
+@pytest.mark.parametrize("layer", ["middle", "final"])
+def test_rise_at_middle_and_final_layers(setting, layer):
+    """RISE at a layer (Rao et al. 2022 Fig. 9, official code): masks of the layer's size
+    multiply its activation; in DiFull the map stays in the scored cell's part of the layer."""
+    from saliencybench.attributions.base import compute_attribution, raw_attribution
+    from saliencybench.benchmark.registry import METHODS
+
+    torch.manual_seed(0)
+    m = SmallRFNet().eval()
+    w = GridSetting(m, setting, 2)
+    x = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(8))
+    target = torch.tensor([0 * 5 + 1, 0 * 5 + 4])
+    params = {"n_masks": 32, "grid": 4, "layer": layer}
+    raw = raw_attribution(METHODS.get("rise"), w, x, target, params=params, seeds=[0, 1])
+    side = 32 if layer == "middle" else 16  # features.1: full resolution; features.4: after the pool
+    assert raw.shape == (2, 1, side, side) and torch.isfinite(raw).all()
+    maps = compute_attribution("rise", w, x, target, params=params, seeds=[0, 1])
+    assert maps.shape == (2, 1, 32, 32)
+    if setting == "difull":  # replacing another cell changes nothing for the top-left head
+        y = x.clone()
+        y[:, :, 16:, :16] = 3 * torch.randn(2, 3, 16, 16)
+        again = raw_attribution(METHODS.get("rise"), w, y, target, params=params, seeds=[0, 1])
+        torch.testing.assert_close(again, raw, atol=1e-6, rtol=1e-5)

@@ -176,3 +176,28 @@ def test_localization_and_mass_invariant_to_positive_scaling(seed, log_scale, n,
     full = torch.nn.functional.interpolate(a, size=(12 * n, 12 * n), mode="bilinear", align_corners=False)
     torch.testing.assert_close(mim.evaluate(ctx, full * k).values.double(),
                                mim.evaluate(ctx, full).values.double(), rtol=1e-6, atol=1e-9)
+
+
+def test_localization_status_names_every_gap():
+    """Every (method, layer) of the suite gets a status in the localization table: ok,
+    failed with the reason, or not run (Rao et al. 2022 Fig. 9 covers all of them)."""
+    import pandas as pd
+
+    from saliencybench.metrics.localization import localization_status
+
+    rows = []
+    for method, status in (("gradcam@final", "ok"), ("gradcam@input", "method_error: boom"),
+                           ("rise@input", "ok"), ("rise@final", "ok"), ("saliency@input", "ok"),
+                           ("saliency@middle", "ok")):
+        for i in range(2):
+            rows.append({"suite": "s", "dataset": "gridpg_synthetic", "model": "m", "method": method,
+                         "metric": "localization", "sample_id": f"g{i:05d}c0", "value": 0.5,
+                         "status": status})
+    scores = pd.DataFrame(rows)
+    st = localization_status(scores, ["localization"], {}).set_index(["base_method", "layer"])["status"]
+    assert st[("gradcam", "final")] == "ok"
+    assert st[("gradcam", "input")] == "failed: method_error: boom"
+    assert st[("rise", "final")] == "ok"
+    assert st[("rise", "middle")] == "not run: not in this suite"
+    assert st[("saliency", "final")] == "not run: not in this suite"
+    assert len(st) == 3 * 3  # every method x every layer of the suite

@@ -64,5 +64,41 @@ def test_runner_grid_pipeline_and_report(tmp_path, toy_registrations):
     names = {p.name for p in figs}
     for expect in ["localization_boxes__gridtoy_net.png", "aggatt_gridpg__gridtoy_net.png",
                    "aggatt_difull__gridtoy_net.png", "spearman_gridpg__gridtoy_net.png", "aggatt_bins.csv",
-                   "localization_table.csv"]:
+                   "aggatt_examples_gridpg__gridtoy_net.png", "localization_table.csv"]:
         assert expect in names, (expect, sorted(names))
+    bins = pd.read_csv(tmp_path / "out" / "figures" / "aggatt_bins.csv")
+    assert bins["median_sample_id"].notna().all()
+
+
+def test_runner_suite_selection_records_grids_per_dataset_and_model(tmp_path, toy_registrations):
+    """select_models = "suite" through the runner: both models get the same grids, the
+    screening is saved under grid_screening/, run.json records the selection per model."""
+    import json
+
+    from test_grid_dataset import ScaledNet
+
+    @register_model("_gridtoy_soft")
+    def _soft(**kw):
+        return ScaledNet(0.7).eval()
+
+    try:
+        data = {
+            "suite": {"name": "gridsel", "datasets": ["gp", "df"], "models": ["_gridtoy_net", "_gridtoy_soft"],
+                      "methods": ["saliency"], "metrics": ["localization"], "n_samples": 4, "batch_size": 4,
+                      "device": "cpu"},
+            "datasets": {k: {"base": "grid", "source": "_gridtoy_base", "setting": s, "threshold": 0.95,
+                             "select_models": "suite", "min_confidence_fallback": False}
+                         for k, s in (("gp", "gridpg"), ("df", "difull"))},
+        }
+        manifest = run_suite(config_from_dict(data), tmp_path / "out", progress=False)
+    finally:
+        MODELS.remove("_gridtoy_soft")
+    assert not manifest["failures"], manifest["failures"]
+    saved = json.loads((tmp_path / "out" / "run.json").read_text())["datasets"]
+    for ds in ("gp", "df"):
+        by_model = saved[ds]["by_model"]
+        assert set(by_model) == {"_gridtoy_net", "_gridtoy_soft"}
+        assert by_model["_gridtoy_net"]["grid_sources"] == by_model["_gridtoy_soft"]["grid_sources"]
+        assert by_model["_gridtoy_net"]["selection_models"] == ["_gridtoy_net", "_gridtoy_soft"]
+        assert by_model["_gridtoy_soft"]["threshold_used"] == 0.95
+    assert len(list((tmp_path / "out" / "grid_screening").glob("*.pt"))) == 2  # one per model

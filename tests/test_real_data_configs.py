@@ -94,3 +94,21 @@ def test_suite_loads_with_the_package_config_loader(name):
 
     cfg = load_config(CONFIGS / f"{name}.toml")
     assert cfg.name == name and len(cfg.paper) == EXPECTED_PAPER_ROWS[name]
+
+
+@pytest.mark.parametrize("name", ["rao2022-gridpg", "gridpg-default"])
+def test_gridpg_suites_cover_cams_at_the_input_and_rise_at_layers(name):
+    """003 Fig. 9 / official code: CAM methods at the input layer and RISE at the middle and
+    final layers are part of the localization suites."""
+    from saliencybench.benchmark.config import load_config
+    from saliencybench.benchmark.runner import resolve_suite
+    from saliencybench.metrics.localization import method_layer
+
+    cfg = load_config(CONFIGS / f"{name}.toml")
+    resolve_suite(cfg)  # every alias resolves
+    have = {method_layer(m, {"methods": {k: {"params": v} for k, v in cfg.method_params.items()}})
+            for m in cfg.methods}
+    cams = ("gradcam", "gradcam_pp", "layercam") + (("scorecam", "ablationcam") if name.startswith("rao") else ())
+    for cam in cams:
+        assert (cam, "input") in have, cam
+    assert ("rise", "middle") in have and ("rise", "final") in have

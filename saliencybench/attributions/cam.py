@@ -1,5 +1,6 @@
 """Class activation maps on a selectable layer (default: the model's ``cam`` layer, the last
 conv stage). Each returns (B,1,h,w) at the layer; post-processing upsamples bilinearly.
+``layer="input"`` applies the CAM formula to the input's channels (Rao et al. 2022, Fig. 9).
 
 - Grad-CAM (Selvaraju et al. 2017): ``relu(Σ_k mean_ij(∂y/∂A_k) A_k)``.
 - Grad-CAM++ (Chattopadhyay et al. 2018, Eq. 19 with the exponential replaced by the logit,
@@ -180,8 +181,11 @@ def ablationcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | Non
             rep[:, torch.arange(m, device=out.device), ch] = 0
             return rep.flatten(0, 1)
 
-        with replace_layer_output(model, name, expand):
-            out = model(x)
+        if name is None:  # at the input: the image's channels are ablated
+            out = model(fast_layout(expand(act)))
+        else:
+            with replace_layer_output(model, name, expand):
+                out = model(x)
         ablated[:, lo:lo + m] = target_scores(out, target.repeat_interleave(m)).view(b, m)
     weights = (base.view(-1, 1) - ablated) / base.view(-1, 1)
     return _weighted(act, weights)

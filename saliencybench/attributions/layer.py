@@ -30,8 +30,16 @@ def resolve_attribution_layer(model: nn.Module, layer: str | None) -> str | None
     return resolve_layer(model, layer)
 
 
-def resolve_cam_layer(model: nn.Module, layer: str | None) -> str:
-    """Module name for a CAM method: ``None`` means the model's CAM layer (last conv stage)."""
+def resolve_cam_layer(model: nn.Module, layer: str | None) -> str | None:
+    """Module name for a CAM method: ``None`` means the model's CAM layer (last conv stage).
+
+    ``layer="input"`` returns None, the input itself: the CAM formula is applied to the
+    image's channels as if they were the layer activation, as Rao et al. 2022 (Fig. 9, CAMs
+    at the input layer) do in their official code, which hands every method the activation
+    at the requested layer, the image at the input.
+    """
+    if layer == "input":
+        return resolve_attribution_layer(model, "input")
     name = resolve_layer(model, layer)
     if name is None:
         raise ValueError(f"layer {layer!r} resolves to the input; CAM methods need a feature layer")

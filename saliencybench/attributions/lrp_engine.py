@@ -52,6 +52,7 @@ from saliencybench.attributions.lrp_rules import (
     split_relevance,
 )
 
+from saliencybench.models.grid_settings import class_probabilities
 from saliencybench.models.layout import fast_layout
 from saliencybench.models.precision import exact_fp32
 from saliencybench.models.nib import NIBBatchNorm2d  # noqa: E402  (BN without mean/shift, 004)
@@ -546,7 +547,7 @@ def lrp_relevance(
         if initial_relevance is not None:
             init = torch.as_tensor(initial_relevance, device=x.device, dtype=logits.dtype).view(-1)
         elif cfg.init == "prob":
-            init = torch.softmax(logits, dim=1)[rows, target]
+            init = class_probabilities(model, logits)[rows, target]
         else:
             init = logits[rows, target]
         r = torch.zeros_like(logits)

@@ -21,6 +21,7 @@ from saliencybench.attributions.layer import (
     target_scores,
 )
 from saliencybench.benchmark.registry import register_method
+from saliencybench.models.grid_settings import class_probabilities
 from saliencybench.models.layout import fast_layout
 
 
@@ -129,29 +130,46 @@ def rise_masks(seeds: Sequence[int], n_masks: int, grid: int, p1: float, size: t
 @torch.no_grad()
 def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n_masks: int = 1000,
          grid: int = 6, p1: float = 0.1, internal_batch_size: int = 256,
-         mask_chunk: int = 250) -> Tensor:
+         mask_chunk: int = 250, layer: str | None = None) -> Tensor:
     """RISE (Petsiuk et al. 2018, Eq. 6): ``Σ_i p_c(x ⊙ M_i) M_i / (N p1)`` with the softmax
-    probability of the target; Rao et al. 2022 use N=1000, s=6, p1=0.1. Masks are generated
+    probability of the target (per head on a grid model: the softmax of the selected head's
+    own logits, Rao et al. 2022 §3.1); Rao et al. 2022 use N=1000, s=6, p1=0.1. Masks are generated
     on the device per sample from its seed, ``mask_chunk`` at a time, and evaluated in
     batches of ``internal_batch_size`` images. Returns (B,1,H,W).
+
+    With ``layer`` (Rao et al. 2022 Fig. 9, RISE at the middle / final layers; the official
+    code masks the activation at that layer) the masks have the layer's spatial size and
+    multiply all channels of its activation; the rest of the network runs on the masked
+    activations (B*n copies in one forward) and the map is (B,1,h,w) at the layer.
 
     Defaults: ``n_masks=1000`` (Rao et al. 2022 supp. H, M=1000), ``grid=6``, ``p1=0.1``
     (Rao et al. 2022's setting, as registered), ``internal_batch_size=256`` and
     ``mask_chunk=250`` (memory only, no effect on values)."""
+    name = resolve_attribution_layer(model, layer)
+    if name is not None:
+        _, act = forward_with_activation(model, x, name)
+        act = act.detach()
+    else:
+        act = x
     b = x.shape[0]
-    size = (int(x.shape[-2]), int(x.shape[-1]))
-    sal = torch.zeros(b, 1, *size, dtype=x.dtype, device=x.device)
+    size = (int(act.shape[-2]), int(act.shape[-1]))
+    sal = torch.zeros(b, 1, *size, dtype=act.dtype, device=x.device)
     for lo in range(0, n_masks, mask_chunk):
         hi = min(lo + mask_chunk, n_masks)
-        masks = rise_masks(seeds, n_masks, grid, p1, size, x.device, lo, hi).to(x.dtype)
+        masks = rise_masks(seeds, n_masks, grid, p1, size, x.device, lo, hi).to(act.dtype)
         n = hi - lo
-        probs = torch.empty(b, n, dtype=x.dtype, device=x.device)
+        probs = torch.empty(b, n, dtype=act.dtype, device=x.device)
         flat_masks = masks.flatten(0, 1)
         bi = torch.arange(b, device=x.device).repeat_interleave(n)
         for s in range(0, b * n, internal_batch_size):
             sl = slice(s, s + internal_batch_size)
-            out = model(fast_layout(x[bi[sl]] * flat_masks[sl]))
-            p = torch.softmax(out.float(), 1).to(x.dtype)
+            masked = act[bi[sl]] * flat_masks[sl]
+            if name is None:
+                out = model(fast_layout(masked))
+            else:
+                with replace_layer_output(model, name, lambda _o, masked=masked: masked):
+                    out = model(x[:1])
+            p = class_probabilities(model, out.float()).to(act.dtype)
             probs.view(-1)[sl] = p.gather(1, target[bi[sl]].view(-1, 1)).squeeze(1)
         sal += (probs.view(b, n, 1, 1, 1) * masks).sum(1)
     return sal / (n_masks * p1)
@@ -164,4 +182,4 @@ register_method("occlusion", family="perturbation",
 register_method("rise", family="perturbation",
                 paper="Petsiuk et al. 2018; Rao et al. 2022 supp. H (N=1000, s=6, p1=0.1)",
                 needs=("forward",), defaults={"n_masks": 1000, "grid": 6, "p1": 0.1},
-                postprocess=("sum",), stochastic=True, fn=rise)
+                postprocess=("sum",), stochastic=True, layer_capable=True, fn=rise)

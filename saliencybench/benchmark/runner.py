@@ -10,6 +10,7 @@ and `compare` reuses every part it already has. No metric recomputes an attribut
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import platform
 import subprocess
@@ -142,7 +143,8 @@ def build_model(spec: str, cfg: SuiteConfig, device: torch.device) -> tuple[nn.M
 
 
 def build_samples(ds_name: str, cfg: SuiteConfig, model: nn.Module, model_spec: str,
-                  device: torch.device) -> SampleSet:
+                  device: torch.device, *, suite_models: list[str] | None = None,
+                  screen_cache: Any = None) -> SampleSet:
     base = cfg.dataset_params.get(ds_name, {}).get("base") if ds_name in cfg.dataset_params else None
     entry = DATASETS.get(base or ds_name)
     kw = {k: v for k, v in cfg.dataset_params.get(ds_name, {}).items() if k != "base"}
@@ -150,6 +152,13 @@ def build_samples(ds_name: str, cfg: SuiteConfig, model: nn.Module, model_spec: 
     kw.setdefault("seed", cfg.seed)
     if entry.meta.get("needs_model"):
         kw.update(model=model, model_name=model_spec, device=device)
+        # grid datasets selecting images with every model of the suite (Rao et al. 2022)
+        params = inspect.signature(entry.obj).parameters
+        if "suite_models" in params:
+            kw.update(suite_models=list(suite_models or [model_spec]),
+                      load_model=lambda spec: build_model(spec, cfg, device)[0])
+        if "screen_cache" in params and screen_cache is not None:
+            kw.update(screen_cache=screen_cache)
     for key, value in model_input_size(entry.obj, model).items():
         kw.setdefault(key, value)
     samples = entry.obj(**kw)
@@ -343,6 +352,9 @@ class Runner:
         self.reuse_from = [BaselineResults(Path(p)) for p in reuse_from]
         self.stats = RunStats()
         self.dataset_info: dict[str, Any] = {}
+        from saliencybench.datasets.grid import ScreeningCache
+
+        self._screen_cache = ScreeningCache(self.out / "grid_screening")
         self.model_info: dict[str, Any] = {}
         self.not_applicable: dict[str, str] = {}
         self.figures = cfg.figures if figures is None else figures
@@ -440,12 +452,16 @@ class Runner:
         if ds_name in self.samples:
             samples = self.samples[ds_name]
         else:
-            samples = build_samples(ds_name, self.cfg, model, model_spec, self.device)
+            samples = build_samples(ds_name, self.cfg, model, model_spec, self.device,
+                                    suite_models=list(self.suite.models), screen_cache=self._screen_cache)
         wrap = getattr(samples, "wrap_model", None)
         if wrap is not None:
             model = wrap(model).to(self.device).eval()
+        by_model = dict(self.dataset_info.get(ds_name, {}).get("by_model", {}))
+        by_model[model_spec] = {"n": len(samples), **samples.info}
         self.dataset_info[ds_name] = {"n": len(samples), "image_size": list(samples.image_size),
-                                      "num_classes": samples.num_classes, **samples.info}
+                                      "num_classes": samples.num_classes, **samples.info,
+                                      "by_model": by_model}
         self.model_info[model_spec] = {k: v for k, v in model_meta.items()
                                        if isinstance(v, (str, int, float, bool, list, tuple, dict))}
         if model_meta.get("family") == "timm" and isinstance(getattr(built, "sb_info", None), dict):

@@ -11,9 +11,16 @@ combined target ``cell * K + class`` (K = base classes) read from the wrapped mo
 binary mask of the scored cell. The returned :class:`GridSampleSet` carries ``wrap_model``,
 which the runner applies to the base model.
 
-Selection and layout are deterministic given ``seed``. When too few images reach the
-threshold, it is lowered along :data:`THRESHOLD_SCHEDULE` with a warning; the threshold used
-and all counts are recorded in ``info``. Images are not reused across grids while unused
+Selection and layout are deterministic given ``seed``. Rao et al. 2022 (supp. §H.1 and the
+official code) keep the images that *every* compared model classifies correctly with
+confidence >= 0.99, screened over the whole validation set, so all models see the same
+grids: ``select_models="suite"`` (or a list of model specs) screens the base images with each
+of those models (once per suite: the runner keeps the confidences in memory and under
+``<out>/grid_screening/``) and keeps the images that all of them classify confidently. When
+too few images reach the threshold, ``min_confidence_fallback=True`` (the default suites)
+lowers it along :data:`THRESHOLD_SCHEDULE` with a warning; ``False`` (the paper suites) raises
+:class:`GridSelectionError` instead. The threshold used and all counts are recorded in
+``info``. Images are not reused across grids while unused
 confident images of the class remain; after that they are reused (counted in ``info``),
 never twice within one grid.
 """
@@ -31,6 +38,7 @@ from torch import Tensor, nn
 
 from saliencybench.benchmark.registry import DATASETS, register_dataset
 from saliencybench.benchmark.types import Batch, SampleSet
+from saliencybench.datasets.errors import SetupError
 from saliencybench.models.grid_settings import SETTINGS, GridSetting, cell_masks, cells_to_grid
 
 #: Thresholds tried, in order, below the requested one when too few images qualify
@@ -40,6 +48,10 @@ THRESHOLD_SCHEDULE = (0.99, 0.95, 0.9, 0.8, 0.7, 0.5, 0.0)
 
 class GridThresholdWarning(UserWarning):
     """The confidence threshold was lowered because too few images qualified."""
+
+
+class GridSelectionError(SetupError):
+    """Too few images reach the confidence threshold and lowering it is not allowed."""
 
 
 def scored_cells(setting: str, n: int) -> list[int]:
@@ -231,10 +243,11 @@ class GridSampleSet(SampleSet):
         return GridSetting(model, self.setting, self.n, cell_size=cell, **self.wrap_kwargs)
 
 
-def build_grid_samples(base: SampleSet, model: nn.Module, *, setting: str = "gridpg", n: int = 2,
+def build_grid_samples(base: SampleSet, model: nn.Module | None, *, setting: str = "gridpg", n: int = 2,
                        n_samples: int | None = 64, seed: int = 0, threshold: float = 0.99,
                        batch_size: int = 256, device: torch.device | str | None = None,
-                       head: str = "global", name: str = "") -> GridSampleSet:
+                       head: str = "global", name: str = "", min_confidence_fallback: bool = True,
+                       screening: dict[str, tuple[Tensor, Tensor]] | None = None) -> GridSampleSet:
     """Grid samples for ``setting`` from the images of ``base`` that ``model`` gets right.
 
     Args:
@@ -245,15 +258,29 @@ def build_grid_samples(base: SampleSet, model: nn.Module, *, setting: str = "gri
         n_samples: number of (grid, cell) samples (GridPG: n*n per grid; DiFull/DiPart: 2);
             None = as many grids as the qualifying images allow without reuse.
         threshold: minimum softmax confidence of the label (lowered with a warning when too
-            few images qualify, see :func:`choose_threshold`).
+            few images qualify and ``min_confidence_fallback``, see :func:`choose_threshold`;
+            otherwise :class:`GridSelectionError`).
         head: GridPG head mode passed to :class:`GridSetting`.
+        min_confidence_fallback: allow lowering the threshold (default suites); False for
+            the paper suites.
+        screening: ``{model spec: (probability of the label, correct?)}`` over ``base``,
+            precomputed; an image qualifies only when *every* model classifies it correctly
+            with confidence >= threshold (Rao et al. 2022 supp. §H.1). None: screen with
+            ``model`` alone.
     """
     setting = setting.lower()
     if setting not in SETTINGS:
         raise ValueError(f"unknown grid setting '{setting}'; use one of {SETTINGS}")
     per_grid = scored_cells(setting, n)
     labels = base.y.long()
-    prob, correct = confidence_of_label(model, base.x, labels, batch_size=batch_size, device=device)
+    if screening is None:
+        if model is None:
+            raise ValueError("build_grid_samples needs a model or a screening")
+        screening = {"model": confidence_of_label(model, base.x, labels, batch_size=batch_size, device=device)}
+    probs = torch.stack([p.float() for p, _ in screening.values()])
+    corrects = torch.stack([c.bool() for _, c in screening.values()])
+    prob = probs.min(0).values  # >= t for every model  <=>  min >= t
+    correct = corrects.all(0)
     distinct = n * n if setting == "gridpg" else n * n - 1
     if n_samples is None:
         n_grids = None
@@ -264,6 +291,15 @@ def build_grid_samples(base: SampleSet, model: nn.Module, *, setting: str = "gri
     used_t, qualifying = choose_threshold(prob, correct, labels, threshold, needed_images=needed,
                                           needed_classes=distinct, repeat_class=setting != "gridpg")
     n_qual = int(qualifying.sum())
+    if used_t < threshold and not min_confidence_fallback:
+        at_t = correct & (prob >= threshold)
+        n_cls = int(labels[at_t].unique().numel())
+        raise GridSelectionError(
+            f"grid dataset ({setting}, {n}x{n}): only {int(at_t.sum())} of {len(base)} images "
+            f"({n_cls} classes) are classified correctly with confidence >= {threshold} by every "
+            f"model ({', '.join(screening)}); {needed} cells from >= {distinct} classes are needed. "
+            "Lower n_samples, screen more images (pool), or set min_confidence_fallback = true "
+            "to lower the threshold with a warning")
     if used_t < threshold:
         warnings.warn(
             f"grid dataset ({setting}, {n}x{n}): too few images classified correctly with confidence "
@@ -291,6 +327,8 @@ def build_grid_samples(base: SampleSet, model: nn.Module, *, setting: str = "gri
         "threshold_requested": float(threshold), "threshold_used": float(used_t),
         "n_qualifying": n_qual, "n_correct": int(correct.sum()), "n_grids": int(n_grids),
         "n_cells_reused": int(reused), "scored_cells": per_grid, "seed": seed, "head": head,
+        "selection_models": list(screening), "min_confidence_fallback": bool(min_confidence_fallback),
+        "n_qualifying_per_model": {k: int((c.bool() & (p >= used_t)).sum()) for k, (p, c) in screening.items()},
         "grid_sources": [[base.sample_ids[i] for i in row] for row in grids_src],
     }
     return GridSampleSet(
@@ -315,17 +353,89 @@ def grid(*, model: nn.Module, model_name: str = "", source: str = "synthetic", s
          n: int = 2, split: str = "test", n_samples: int | None = 64, seed: int = 0,
          threshold: float = 0.99, pool: int | None = None, device: torch.device | str | None = None,
          batch_size: int = 256, head: str = "global", source_kwargs: dict[str, Any] | None = None,
-         **_ignored: Any) -> GridSampleSet:
+         min_confidence_fallback: bool = True, select_models: str | Sequence[str] | None = None,
+         suite_models: Sequence[str] | None = None, load_model: Any = None,
+         screen_cache: "ScreeningCache | None" = None, **_ignored: Any) -> GridSampleSet:
     """Generic grid dataset factory: ``source`` dataset x ``setting`` x ``n``.
 
     ``pool`` limits how many base images are screened (None = the whole split).
+    ``select_models``: None = screen with ``model`` alone; ``"suite"`` = with every model of
+    the suite (``suite_models``, built by ``load_model(spec)``), a list = with those specs;
+    the grids are then the same for every model (Rao et al. 2022 supp. §H.1).
+    ``screen_cache`` keeps each model's confidences so that a suite screens once per model.
     """
     base = _call_base_factory(source, split=split, seed=seed, pool=pool, source_kwargs=source_kwargs)
+    screening = None
+    if select_models is not None:
+        if select_models == "suite":
+            if not suite_models:
+                raise ValueError("select_models = 'suite' needs the suite's models (run it through the runner)")
+            specs = list(suite_models)
+        else:
+            specs = [select_models] if isinstance(select_models, str) else list(select_models)
+        cache = screen_cache if screen_cache is not None else ScreeningCache()
+        key = cache.key(source=source, split=split, pool=pool, seed=seed, source_kwargs=source_kwargs,
+                        sample_ids=base.sample_ids)
+        screening = {}
+        for spec in specs:
+            def compute(spec=spec):
+                m = model if spec == model_name else None
+                if m is None:
+                    if load_model is None:
+                        raise ValueError(f"cannot build model {spec!r} for the grid selection")
+                    m = load_model(spec)
+                return confidence_of_label(m, base.x, base.y.long(), batch_size=batch_size, device=device)
+            screening[spec] = cache.get(key, spec, compute)
     out = build_grid_samples(base, model, setting=setting, n=n, n_samples=n_samples, seed=seed,
                              threshold=threshold, batch_size=batch_size, device=device, head=head,
-                             name=f"{setting}_{source}")
-    out.info.update({"source": source, "split": split, "model": model_name})
+                             name=f"{setting}_{source}", min_confidence_fallback=min_confidence_fallback,
+                             screening=screening)
+    out.info.update({"source": source, "split": split, "model": model_name, "pool": pool})
     return out
+
+
+class ScreeningCache:
+    """Confidences of the label per (base image set, model), in memory and optionally on disk
+    (``directory``/<key>__<model>.pt), so that a suite screens each model once."""
+
+    def __init__(self, directory: Any = None) -> None:
+        self.directory = directory
+        self.memory: dict[tuple[str, str], tuple[Tensor, Tensor]] = {}
+        self.computed = 0
+
+    @staticmethod
+    def key(**parts: Any) -> str:
+        import hashlib
+        import json
+
+        blob = json.dumps(parts, sort_keys=True, default=str).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+    def get(self, key: str, spec: str, compute: Any) -> tuple[Tensor, Tensor]:
+        from pathlib import Path
+
+        if (key, spec) in self.memory:
+            return self.memory[(key, spec)]
+        path = None
+        if self.directory is not None:
+            safe = "".join(ch if ch.isalnum() or ch in "._-" else "-" for ch in spec)
+            path = Path(self.directory) / f"{key}__{safe}.pt"
+            if path.is_file():
+                try:
+                    val = torch.load(path)
+                    self.memory[(key, spec)] = (val["prob"], val["correct"])
+                    return self.memory[(key, spec)]
+                except Exception:  # unreadable: recompute
+                    pass
+        prob, correct = compute()
+        self.computed += 1
+        self.memory[(key, spec)] = (prob, correct)
+        if path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            torch.save({"prob": prob, "correct": correct}, tmp)
+            tmp.replace(path)
+        return prob, correct
 
 
 register_dataset("grid", needs_model=True, setting=None, base=None, n=2,

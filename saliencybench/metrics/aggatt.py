@@ -1,14 +1,18 @@
 """AggAtt: aggregate attribution maps per localization percentile bin.
 
-Rao, Böhle & Schiele 2022, main paper §3.2 and supplement §H.4: maps are sorted by
-localization score in descending order (ties broken by the positive attribution inside the
-target cell, the numerator of Eq. 2, also descending), split into bins at the percentiles
-[0, 2, 5, 50, 95, 98, 100], and averaged per bin. The bin means of one method share a single
-normaliser (here the 99.5th percentile of their positive values) so that strength is
-comparable across bins (supp. §H.4).
+Rao, Böhle & Schiele 2022, main paper §3.2 and supplement §H.4 (and their official code):
+maps are sorted by localization score in descending order (ties broken by the positive
+attribution inside the target cell, the numerator of Eq. 2, also descending), split into
+bins at the percentiles [0, 2, 5, 50, 95, 98, 100], and each bin's map is the mean of the
+maps' **positive parts** (a signed method such as IxG or IG would otherwise average towards
+an empty bin). The bins of one method share a single normaliser, the 99.5th percentile over
+**all** pixels of all its bins, zeros included, so that strength is comparable across bins.
+The paper's example panels show, per bin, the map of the bin's median sample
+(:func:`bin_median_positions`).
 
 :func:`aggatt_bins` and :func:`aggatt_normalise` are pure; :func:`plot_aggatt` draws a
-methods x bins figure (like 003 Fig. 12) on top.
+methods x bins figure (like 003 Fig. 12) and :func:`plot_aggatt_examples` the median-sample
+panels. Figures keep few pixels per map (``max_side``) so that the committed PNGs stay small.
 """
 
 from __future__ import annotations
@@ -51,14 +55,17 @@ def bin_edges(n: int, percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> lis
 
 
 def aggatt_bins(maps: Tensor, scores: Tensor, inside_mass: Tensor,
-                percentiles: Sequence[float] = DEFAULT_PERCENTILES) -> tuple[Tensor, list[tuple[int, int]]]:
+                percentiles: Sequence[float] = DEFAULT_PERCENTILES, *,
+                positive: bool = True) -> tuple[Tensor, list[tuple[int, int]]]:
     """Mean map per percentile bin.
 
     Args:
-        maps: (N,1,H,W) attribution maps (signed; the caller decides what to display).
+        maps: (N,1,H,W) attribution maps (signed).
         scores: (N,) localization scores.
         inside_mass: (N,) positive attribution inside the target cell (tie breaker).
         percentiles: bin boundaries in percent.
+        positive: average the positive parts of the maps (Rao et al. 2022 supp. §H.4, the
+            default); ``False`` averages the signed maps.
 
     Returns:
         ``bin_means`` (nbins,1,H,W) (zeros for an empty bin) and ``bin_ranges`` as
@@ -66,6 +73,8 @@ def aggatt_bins(maps: Tensor, scores: Tensor, inside_mass: Tensor,
     """
     order = sort_by_localization(scores, inside_mass)
     sorted_maps = maps[order.to(maps.device)]
+    if positive:
+        sorted_maps = sorted_maps.clamp(min=0)
     edges = bin_edges(maps.shape[0], percentiles)
     means = []
     ranges = []
@@ -76,6 +85,12 @@ def aggatt_bins(maps: Tensor, scores: Tensor, inside_mass: Tensor,
         else:
             means.append(torch.zeros_like(maps[0], dtype=torch.float64))
     return torch.stack(means).to(maps.dtype), ranges
+
+
+def bin_median_positions(ranges: Sequence[tuple[int, int]]) -> list[int | None]:
+    """Position in the sorted order of each bin's median sample, ``(start + end) // 2`` as in
+    the official code's example panels (None for an empty bin)."""
+    return [(a + b) // 2 if b > a else None for a, b in ranges]
 
 
 def bin_scores(scores: Tensor, inside_mass: Tensor, ranges: Sequence[tuple[int, int]]) -> list[dict]:
@@ -95,12 +110,14 @@ def bin_scores(scores: Tensor, inside_mass: Tensor, ranges: Sequence[tuple[int, 
 
 
 def aggatt_normaliser(bin_means: Tensor, q: float = 99.5) -> float:
-    """One normaliser per method: the ``q``-th percentile of the positive bin-mean values."""
-    pos = bin_means.clamp(min=0).flatten().double()
-    pos = pos[pos > 0]
-    if pos.numel() == 0:
+    """One normaliser per method: the ``q``-th percentile over all pixels of all its bins,
+    zeros included (the value at sorted index ``floor(N q / 100)``, as the official code's
+    value-based threshold); 1.0 when that is not positive."""
+    vals = bin_means.clamp(min=0).flatten().double()
+    if vals.numel() == 0:
         return 1.0
-    v = float(torch.quantile(pos, q / 100.0)) if pos.numel() < 16_000_000 else float(pos.max())
+    k = min(vals.numel() - 1, int(vals.numel() * q / 100.0))
+    v = float(torch.sort(vals).values[k])
     return v if v > 0 else 1.0
 
 
@@ -109,40 +126,101 @@ def aggatt_normalise(bin_means: Tensor, q: float = 99.5) -> Tensor:
     return (bin_means.clamp(min=0) / aggatt_normaliser(bin_means, q)).clamp(max=1.0)
 
 
+def _shrink(maps: Tensor, max_side: int | None) -> Tensor:
+    """Average-pool (…,H,W) maps by an integer factor so the longer side is <= ``max_side``."""
+    if not max_side:
+        return maps
+    h, w = maps.shape[-2:]
+    f = max(1, -(-max(h, w) // int(max_side)))
+    if f == 1:
+        return maps
+    import torch.nn.functional as F
+
+    shape = maps.shape
+    flat = maps.reshape(-1, 1, h, w).float()
+    out = F.avg_pool2d(flat, f, ceil_mode=True)
+    return out.reshape(*shape[:-2], *out.shape[-2:])
+
+
 def plot_aggatt(rows: dict[str, Tensor], path: Path, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-                title: str = "", n: int | None = None) -> Path:
-    """Methods x bins grid of normalised bin means (``rows``: label -> (nbins,1,H,W))."""
+                title: str = "", n: int | None = None, cell: int = 0, max_side: int = 24,
+                dpi: int = 72) -> Path:
+    """Methods x bins grid of normalised bin means (``rows``: label -> (nbins,1,H,W)).
+
+    Each method is normalised once (:func:`aggatt_normalise`) at full resolution, then shown
+    average-pooled to at most ``max_side`` pixels a side; the scored ``cell`` is outlined."""
+    return _plot_rows({k: _shrink(aggatt_normalise(v), max_side) for k, v in rows.items()}, path,
+                      col_titles=[f"{percentiles[c]:g}-{percentiles[c + 1]:g}%" for c in range(len(percentiles) - 1)],
+                      title=title, n=n, cell=cell, dpi=dpi)
+
+
+def plot_aggatt_examples(rows: dict[str, Tensor], path: Path, *,
+                         percentiles: Sequence[float] = DEFAULT_PERCENTILES, title: str = "",
+                         n: int | None = None, cell: int = 0, max_side: int = 24, dpi: int = 72,
+                         q: float = 99.5) -> Path:
+    """The paper's example panels: per method (``rows``: label -> (nbins,1,H,W) maps of each
+    bin's median sample, :func:`bin_median_positions`), the positive part of each map, each
+    normalised by its own ``q``-th percentile (Rao et al. 2022 supp. §H.4)."""
+    normed = {k: torch.stack([aggatt_normalise(m[None], q)[0] for m in v]) for k, v in rows.items()}
+    return _plot_rows({k: _shrink(v, max_side) for k, v in normed.items()}, path,
+                      col_titles=[f"median {percentiles[c]:g}-{percentiles[c + 1]:g}%"
+                                  for c in range(len(percentiles) - 1)],
+                      title=title, n=n, cell=cell, dpi=dpi)
+
+
+def _plot_rows(rows: dict[str, Tensor], path: Path, *, col_titles: Sequence[str], title: str,
+               n: int | None, cell: int, dpi: int, zoom: int = 2, pad: int = 2) -> Path:
+    """One mosaic image (rows x columns of maps in [0, 1]), drawn with a single ``imshow``:
+    fast for many methods and ``zoom`` screen pixels per map pixel, so the file stays small."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import numpy as np
 
     from saliencybench.benchmark.plots import save_figure
 
     labels = list(rows)
-    nb = len(percentiles) - 1
-    fig, axes = plt.subplots(len(labels), nb, figsize=(1.3 * nb + 1.6, 1.3 * len(labels) + 0.6),
-                             squeeze=False)
+    nb = len(col_titles)
+    h, w = (int(v) for v in next(iter(rows.values())).shape[-2:]) if rows else (1, 1)
+    ph, pw = h + pad, w + pad
+    mosaic = np.full((max(1, len(labels)) * ph - pad, nb * pw - pad), np.nan, dtype=np.float32)
     for r, label in enumerate(labels):
-        norm = aggatt_normalise(rows[label])
         for c in range(nb):
-            ax = axes[r, c]
-            ax.imshow(norm[c, 0].cpu().numpy(), cmap="inferno", vmin=0, vmax=1, interpolation="nearest")
+            mosaic[r * ph:r * ph + h, c * pw:c * pw + w] = rows[label][c, 0].float().cpu().numpy()
+    label_in, title_in, head_in = 1.7, (0.35 if title else 0.0), 0.2
+    img_w, img_h = mosaic.shape[1] * zoom / dpi, mosaic.shape[0] * zoom / dpi
+    fig_w, fig_h = label_in + img_w + 0.1, title_in + head_in + img_h + 0.1
+    fig = plt.figure(figsize=(fig_w, fig_h))
+    ax = fig.add_axes((label_in / fig_w, 0.1 / fig_h, img_w / fig_w, img_h / fig_h))
+    cmap = matplotlib.colormaps["inferno"].with_extremes(bad="white")
+    ax.imshow(mosaic, cmap=cmap, vmin=0, vmax=1, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    lines = []
+    for r in range(len(labels)):
+        for c in range(nb):
+            y0, x0 = r * ph - 0.5, c * pw - 0.5
             if n:
-                h, w = norm.shape[-2:]
                 for k in range(1, n):
-                    ax.axhline(k * h / n - 0.5, color="white", lw=0.4, alpha=0.6)
-                    ax.axvline(k * w / n - 0.5, color="white", lw=0.4, alpha=0.6)
-            ax.set_xticks([])
-            ax.set_yticks([])
-            if r == 0:
-                ax.set_title(f"{percentiles[c]:g}-{percentiles[c + 1]:g}%", fontsize=8)
-            if c == 0:
-                ax.set_ylabel(label, fontsize=7, rotation=0, ha="right", va="center")
-    top = 1.0
-    if title:  # 0.15 inch from the top edge, with 0.45 inch kept free above the bin titles
-        height = fig.get_figheight()
-        fig.suptitle(title, fontsize=9, y=1 - 0.15 / height, va="top")
-        top = 1 - 0.45 / height
-    fig.tight_layout(rect=(0, 0, 1, top))
-    return save_figure(fig, Path(path), dpi=80, tight=False)
+                    lines.append(([x0, x0 + w], [y0 + k * h / n, y0 + k * h / n]))
+                    lines.append(([x0 + k * w / n, x0 + k * w / n], [y0, y0 + h]))
+    for xs, ys in lines:
+        ax.plot(xs, ys, color="white", lw=0.3, alpha=0.6)
+    if n and cell >= 0:
+        rr, cc = divmod(int(cell), n)
+        for r in range(len(labels)):
+            for c in range(nb):
+                y0, x0 = r * ph - 0.5 + rr * h / n, c * pw - 0.5 + cc * w / n
+                ax.plot([x0, x0 + w / n, x0 + w / n, x0, x0], [y0, y0, y0 + h / n, y0 + h / n, y0],
+                        color="deepskyblue", lw=0.6)
+    ax.set_xlim(-0.5, mosaic.shape[1] - 0.5)
+    ax.set_ylim(mosaic.shape[0] - 0.5, -0.5)
+    for r, label in enumerate(labels):
+        fig.text((label_in - 0.05) / fig_w, 1 - (title_in + head_in + (r * ph + h / 2) * zoom / dpi) / fig_h,
+                 label, fontsize=6, ha="right", va="center")
+    for c, t in enumerate(col_titles):
+        fig.text((label_in + (c * pw + w / 2) * zoom / dpi) / fig_w, 1 - (title_in + head_in / 2) / fig_h,
+                 t, fontsize=5.5, ha="center", va="center")
+    if title:
+        fig.text(0.5, 1 - 0.15 / fig_h, title, fontsize=8, ha="center", va="center")
+    return save_figure(fig, Path(path), dpi=dpi, tight=False)

@@ -228,6 +228,53 @@ def annotate_scores(scores, metric_names: list[str], manifest: dict[str, Any]):
     return df
 
 
+#: Why a (method, layer) combination is absent, where it cannot be computed at all.
+IMPOSSIBLE_LAYERS: dict[tuple[str, str], str] = {}
+
+
+def localization_status(scores, metric_names: list[str], manifest: dict[str, Any]):
+    """One row per (setting, model, base method, layer) of the suite's methods x layers:
+    ``status`` = ``ok``, ``failed: <reason>`` (no valid sample; the most common status of
+    its rows), ``partial: k of n failed``, or ``not run: <why>`` (the combination is not in
+    the suite, or cannot be computed: :data:`IMPOSSIBLE_LAYERS`, methods without a layer
+    variant). Rao et al. 2022 Fig. 9 covers every method at every layer; a gap in the table
+    is never silent."""
+    import pandas as pd
+
+    from saliencybench.benchmark.registry import METHODS
+
+    rows = scores[scores["metric"].isin(metric_names)].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=["setting", "model", "base_method", "layer", "status"])
+    rows["_status"] = rows["status"].astype(str)
+    rows["status"] = "ok"
+    df = annotate_scores(rows, metric_names, manifest)
+    out = []
+    bases = list(dict.fromkeys(df["base_method"]))
+    layers = [l for l in LAYER_ORDER if l in set(df["layer"])] + sorted(set(df["layer"]) - set(LAYER_ORDER))
+    for (setting, model), sub in df.groupby(["setting", "model"], sort=False):
+        for base in bases:
+            for layer in layers:
+                cell = sub[(sub["base_method"] == base) & (sub["layer"] == layer)]
+                if len(cell):
+                    bad = cell[cell["_status"] != "ok"]
+                    if len(bad) == 0:
+                        status = "ok"
+                    elif len(bad) == len(cell):
+                        status = "failed: " + str(bad["_status"].mode().iloc[0])[:160]
+                    else:
+                        status = f"partial: {len(bad)} of {len(cell)} samples failed"
+                else:
+                    why = IMPOSSIBLE_LAYERS.get((base, layer))
+                    if why is None and layer != "input" and base in METHODS and \
+                            not METHODS.get(base).meta.get("layer_capable"):
+                        why = "the method has no layer variant"
+                    status = "not run: " + (why or "not in this suite")
+                out.append({"setting": setting, "model": model, "base_method": base, "layer": layer,
+                            "status": status})
+    return pd.DataFrame(out)
+
+
 def _label_order(df) -> list[str]:
     """Method labels ordered by layer (input, middle, final, others) then first appearance."""
     first = {m: i for i, m in enumerate(dict.fromkeys(df["method"]))}
@@ -320,18 +367,24 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
 
     - ``localization_table.csv`` (+ ``.md``): mean / median / std per setting x model x
       method x layer; ``localization_boxes_<model>.png`` (003 Fig. 9).
-    - ``aggatt_<setting>_<model>.png`` and ``aggatt_bins.csv`` (003 Fig. 12, supp. §H.4),
-      from the cached maps. The paper shows the top-left cell only (``aggatt_cell=0``); the
-      default ``"align"`` uses every scored cell, each map shifted by whole cells so its
+    - ``aggatt_<setting>_<model>.png``, ``aggatt_examples_<setting>_<model>.png`` (the map
+      of each bin's median sample) and ``aggatt_bins.csv`` (003 Fig. 12, supp. §H.4), from
+      the cached maps. The paper's figures show the scored cell at the top-left. The default
+      ``aggatt_cell="align"`` uses every scored cell, each map shifted by whole cells so its
       target is top-left (:func:`align_to_top_left`), which multiplies the maps per bin by
-      n*n (GridPG) or 2 (DiFull / DiPart) for small runs.
+      n*n (GridPG) or 2 (DiFull / DiPart) for small runs; ``aggatt_cell=k`` keeps only the
+      maps scored at cell k, in place (the official code's ``head_pos_idx``);
+      ``aggatt_cell="all"`` keeps every map in place, each scored against its own cell.
     - ``spearman_<setting>_<model>.csv/.png`` (003 Fig. 19).
     - ``kernel_sweep.csv`` (+ ``.md``) when smoothed S-IntGrad / S-IxG aliases were run
       (003 supp. Tables 1-2).
     """
     import pandas as pd
 
-    from saliencybench.metrics.aggatt import DEFAULT_PERCENTILES, aggatt_bins, bin_scores, plot_aggatt
+    from saliencybench.metrics.aggatt import (
+        DEFAULT_PERCENTILES, aggatt_bins, bin_median_positions, bin_scores, plot_aggatt,
+        plot_aggatt_examples, sort_by_localization,
+    )
     from saliencybench.metrics.spearman import kernel_sweep_table, plot_spearman, spearman_matrix
     from saliencybench.models.grid_settings import cell_masks
 
@@ -348,8 +401,22 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
     p = fig_dir / "localization_table.csv"
     table.to_csv(p, index=False, float_format="%.4f")
     paths.append(p)
+    status = localization_status(scores, names, manifest)
+    p = fig_dir / "localization_status.csv"
+    status.to_csv(p, index=False)
+    paths.append(p)
     md = fig_dir / "localization_table.md"
-    md.write_text(localization_markdown(table))
+    text = localization_markdown(table)
+    gaps = status[status["status"] != "ok"] if len(status) else status
+    if len(gaps):
+        grouped = gaps.groupby(["base_method", "layer", "status"], sort=False).agg(
+            settings=("setting", lambda v: ", ".join(dict.fromkeys(v))),
+            models=("model", lambda v: ", ".join(dict.fromkeys(v)))).reset_index()
+        text += ("\n### Not computed or incomplete (method x layer)\n\n"
+                 "| method | layer | status | settings | models |\n|---|---|---|---|---|\n"
+                 + "".join(f"| {r.base_method} | {r.layer} | {r.status} | {r.settings} | {r.models} |\n"
+                           for r in grouped.itertuples()))
+    md.write_text(text)
     paths.append(md)
 
     for model, sub in df.groupby("model", sort=False):
@@ -361,31 +428,49 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
         for (setting, model, dataset), sub in df.groupby(["setting", "model", "dataset"], sort=False):
             n = int(sub["n"].iloc[0])
             rows: dict[str, Tensor] = {}
+            examples: dict[str, Tensor] = {}
             for method in _label_order(sub):
                 try:
                     ids, maps = cache.load(dataset, model, method)
                 except Exception:  # nothing cached for this method (failed or not cached)
                     continue
                 cells = [_cell_of(sid) for sid in ids]
-                keep = [i for i, c in enumerate(cells) if c is not None and (aggatt_cell == "align" or c == aggatt_cell)]
+                keep = [i for i, c in enumerate(cells)
+                        if c is not None and (aggatt_cell in ("align", "all") or c == int(aggatt_cell))]
                 if not keep:
                     continue
                 maps = maps[torch.as_tensor(keep)].float()
+                all_masks = cell_masks(maps.shape[-2:], n)
                 if aggatt_cell == "align":
                     maps = align_to_top_left(maps, [cells[i] for i in keep], n)
-                    mask = cell_masks(maps.shape[-2:], n)[0].expand(maps.shape[0], 1, -1, -1)
+                    mask = all_masks[0].expand(maps.shape[0], 1, -1, -1)
+                elif aggatt_cell == "all":
+                    mask = all_masks[torch.as_tensor([cells[i] for i in keep])]
                 else:
-                    mask = cell_masks(maps.shape[-2:], n)[int(aggatt_cell)].expand(maps.shape[0], 1, -1, -1)
+                    mask = all_masks[int(aggatt_cell)].expand(maps.shape[0], 1, -1, -1)
                 score, inside, _ = localization_parts(maps, mask)
                 means, ranges = aggatt_bins(maps, score, inside, DEFAULT_PERCENTILES)
                 rows[method] = means
+                order = sort_by_localization(score, inside)
+                medians = bin_median_positions(ranges)
+                examples[method] = torch.stack([
+                    maps[int(order[m])] if m is not None else torch.zeros_like(maps[0]) for m in medians])
                 for b, (info, (a, e)) in enumerate(zip(bin_scores(score, inside, ranges), ranges)):
+                    med = medians[b]
                     bin_rows.append({"setting": setting, "model": model, "dataset": dataset, "method": method,
                                      "bin": b, "pct_lo": DEFAULT_PERCENTILES[b], "pct_hi": DEFAULT_PERCENTILES[b + 1],
-                                     **info})
+                                     **info, "median_sample_id": "" if med is None else ids[keep[int(order[med])]]})
             if rows:
+                view = {"align": "scored cell moved to the top-left", "all": "every cell in place"}.get(
+                    str(aggatt_cell), f"cell {aggatt_cell} only")
+                box = 0 if aggatt_cell in ("align", "all") else int(aggatt_cell)
                 paths.append(plot_aggatt(rows, fig_dir / f"aggatt_{_safe(setting)}_{_safe(model)}.png",
-                                         title=f"AggAtt {setting} {model} (target cell: top-left)", n=n))
+                                         title=f"AggAtt {setting} {model} ({view})", n=n,
+                                         cell=box if aggatt_cell != "all" else -1))
+                paths.append(plot_aggatt_examples(
+                    examples, fig_dir / f"aggatt_examples_{_safe(setting)}_{_safe(model)}.png",
+                    title=f"AggAtt examples {setting} {model}: map of each bin's median sample ({view})",
+                    n=n, cell=box if aggatt_cell != "all" else -1))
     if bin_rows:
         p = fig_dir / "aggatt_bins.csv"
         pd.DataFrame(bin_rows).to_csv(p, index=False, float_format="%.4f")

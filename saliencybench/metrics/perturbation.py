@@ -66,6 +66,7 @@ from saliencybench.attributions.postprocess import gaussian_smooth
 from saliencybench.benchmark.registry import register_metric
 from saliencybench.benchmark.types import EvalContext, MetricOutput, Normalization
 from saliencybench.metrics.base import Metric
+from saliencybench.models.grid_settings import class_probabilities
 from saliencybench.models.layout import fast_layout
 
 KINDS = ("insertion", "deletion", "id_score", "lerf", "morf", "lerf_morf_gap")
@@ -372,7 +373,7 @@ def _target_scores(model: torch.nn.Module, images: Tensor, target: Tensor, outpu
         logits = model(fast_layout(images))
     logits = logits.float()
     if output == "softmax":
-        logits = torch.softmax(logits, dim=1)
+        logits = class_probabilities(model, logits)
     return logits.gather(1, target.view(-1, 1)).squeeze(1)
 
 
@@ -525,7 +526,7 @@ class PerturbationCurve(Metric):
             logits = predict_logits(model, xv, max_batch, s0.amp)
             target = logits.argmax(1) if s0.target == "predicted" else labels
             row = engine.request(ms[0].name, "black", True, n_units)
-            probs = torch.softmax(logits, 1) if s0.output == "softmax" else logits
+            probs = class_probabilities(model, logits) if s0.output == "softmax" else logits
             scores_pre = probs.gather(1, target.view(-1, 1)).view(1, -1)
             ctx.count_forwards(ms[0].name, xv.shape[0])
         else:

@@ -7,13 +7,18 @@ model outputs ``(B, n*n*K)`` logits: block ``cell*K .. cell*K+K-1`` are the logi
 explain the image in ``cell`` (cells numbered row-major), so the combined target
 ``cell*K + class`` selects one logit and every attribution method runs unchanged.
 
-- **GridPG**: the whole grid goes through the backbone; the classification head slides with
-  stride 1 over the composite feature map (a VGG head becomes a convolution over d x d
-  windows, a ResNet's GAP + fc is applied per window) and the logit map is averaged: a
-  single head, as in the paper and its official code. Every cell's block holds those same
-  logits (``head="global"``, the default). ``head="aligned"`` instead reads the logit map at
-  the window aligned with each cell (one logit vector per cell); it is offered for studies
-  of per-cell heads and equals DiPart's heads by construction.
+- **GridPG**: the whole grid goes through the model with its own head, a single head, as
+  in Rao et al. 2022 §3.1 and their official code. A *global-pooling* head (ResNet,
+  Inception, the zoo's ``sb_resnet`` / ``sb_vgg``: an adaptive pool to 1 x 1, then fc) pools
+  the whole composite feature map, so the GridPG logits are exactly ``model(grid)``. Only a
+  head that flattens a fixed-size map (torchvision VGG: ``classifier`` after a 7 x 7 pool)
+  cannot take the larger map; it becomes a convolution slid with stride 1 over d x d windows
+  of the composite feature map and the logit map is averaged (supp. §F, the official
+  code's "classifier kernel"). ``classifier="auto"`` picks between the two
+  (:func:`is_global_pool_head`); ``"pool"`` / ``"slide"`` force one. Every cell's block holds
+  those same logits (``head="global"``, the default). ``head="aligned"`` instead reads the
+  slid logit map at the window aligned with each cell (one logit vector per cell); it is
+  offered for studies of per-cell heads and equals DiPart's heads by construction.
 - **DiFull**: each cell goes through the backbone separately (stacked along the batch), the
   cell feature maps are stitched back into a grid after every stage, and one head per cell
   classifies its own feature map. Gradients from a cell's head to any other cell are exactly
@@ -21,6 +26,13 @@ explain the image in ``cell`` (cells numbered row-major), so the combined target
 - **DiPart**: the whole grid goes through the backbone; the final feature map is cropped
   per cell and one head per cell classifies its crop (supp. §A: receptive fields overlap at
   cell borders, so the cells are only partially disconnected).
+
+The n*n blocks are separate heads: a class *probability* is the softmax of the selected
+block's own K logits (:func:`head_softmax`, :func:`class_probabilities`; the official code's
+``predict`` softmaxes the one head it evaluates), never a softmax over all n*n*K outputs,
+which would make one cell's score depend on the other cells' images. ``wrapper.sb_heads``
+is n*n; every method and metric that turns logits into probabilities goes through
+:func:`class_probabilities`.
 
 Layer names inside a wrapper are ``"backbone." + <name in the base model>`` for every module
 of the base model's feature extractor (``backbone.layer2``, ``backbone.features.12``), and
@@ -44,6 +56,7 @@ from saliencybench.models.precision import exact_fp32
 SETTINGS = ("gridpg", "difull", "dipart")
 
 _POOL_NAMES = ("avgpool", "pool", "global_pool", "gap")
+_AUX_NAMES = ("AuxLogits", "aux_logits")
 
 
 # -- grid <-> cells --------------------------------------------------------------------------
@@ -84,6 +97,29 @@ def cell_masks(size: Sequence[int], n: int) -> Tensor:
     return masks
 
 
+# -- per-head probabilities -------------------------------------------------------------------
+
+def head_softmax(logits: Tensor, heads: int = 1) -> Tensor:
+    """Softmax of (B, heads*K) logits within each head's own K logits (same shape out).
+
+    ``heads=1`` is the ordinary softmax over dim 1. Rao et al. 2022 (§3.1, supp. §A): the
+    DiFull / DiPart heads are separate classifiers, one per cell.
+    """
+    heads = int(heads or 1)
+    if heads <= 1:
+        return torch.softmax(logits, dim=1)
+    b, t = logits.shape
+    if t % heads:
+        raise ValueError(f"{t} outputs do not split into {heads} heads")
+    return torch.softmax(logits.reshape(b, heads, t // heads), dim=2).reshape(b, t)
+
+
+def class_probabilities(model: nn.Module, logits: Tensor) -> Tensor:
+    """Class probabilities of ``model``'s (B, T) logits: per head for grid wrappers
+    (``model.sb_heads`` heads of T / sb_heads logits each), an ordinary softmax otherwise."""
+    return head_softmax(logits, int(getattr(model, "sb_heads", 1) or 1))
+
+
 # -- splitting a classifier into backbone and head ------------------------------------------
 
 def split_backbone_head(model: nn.Module) -> tuple[list[str], list[str]]:
@@ -97,7 +133,8 @@ def split_backbone_head(model: nn.Module) -> tuple[list[str], list[str]]:
     explicit = getattr(model, "sb_grid_split", None)
     if explicit is not None:
         return list(explicit[0]), list(explicit[1])
-    names = [n for n, _ in model.named_children()]
+    # auxiliary classifiers run only in training (Inception's AuxLogits): not in the chain
+    names = [n for n, _ in model.named_children() if n not in _AUX_NAMES]
     for i, name in enumerate(names):
         if name in _POOL_NAMES:
             if i == 0 or i == len(names) - 1:
@@ -108,6 +145,25 @@ def split_backbone_head(model: nn.Module) -> tuple[list[str], list[str]]:
         f"<features...>, {'/'.join(_POOL_NAMES)}, <classifier...> but found {names}; "
         "set model.sb_grid_split = (backbone_names, head_names)"
     )
+
+
+def is_global_pool_head(model: nn.Module, head_names: Sequence[str]) -> bool:
+    """Whether the head starts with a global pool (output 1 x 1), so it takes a feature map
+    of any size: ``model.sb_global_pool`` when set, else an ``AdaptiveAvgPool2d`` /
+    ``AdaptiveMaxPool2d`` with output size 1 (torchvision ResNet / Inception, the zoo's
+    ``sb_resnet`` and ``sb_vgg``). A torchvision VGG (7 x 7 pool, then a flatten into fc
+    layers) is not one."""
+    explicit = getattr(model, "sb_global_pool", None)
+    if explicit is not None:
+        return bool(explicit)
+    if not head_names:
+        return False
+    first = getattr(model, head_names[0])
+    if isinstance(first, (nn.AdaptiveAvgPool2d, nn.AdaptiveMaxPool2d)):
+        size = first.output_size
+        size = (size, size) if not isinstance(size, (tuple, list)) else tuple(size)
+        return all(s == 1 for s in size)
+    return False
 
 
 def default_layers(model: nn.Module) -> dict[str, str | None]:
@@ -127,6 +183,8 @@ def default_layers(model: nn.Module) -> dict[str, str | None]:
     children = dict(model.named_children())
     if "layer4" in children and "layer2" in children:
         return {"input": None, "middle": "layer2", "final": "layer4", "cam": "layer4"}
+    if "Mixed_7c" in children and "Mixed_6e" in children:  # torchvision Inception-v3
+        return {"input": None, "middle": "Mixed_6e", "final": "Mixed_7c", "cam": "Mixed_7c"}
     feats = children.get("features")
     if isinstance(feats, nn.Sequential):
         relus_after_conv: list[str] = []
@@ -178,8 +236,13 @@ class Backbone(nn.Module):
         for name in self.order:
             child = getattr(model, name)
             self.add_module(name, child if cellwise_n is None else _cellwise(child, cellwise_n))
+        # torchvision Inception-v3 with ImageNet weights re-normalises its input first
+        pre = getattr(model, "_transform_input", None) if getattr(model, "transform_input", False) else None
+        self._pre = [pre] if pre is not None else []  # a plain list: not a submodule
 
     def forward(self, x: Tensor) -> Tensor:
+        for pre in self._pre:
+            x = pre(x)
         for name in self.order:
             x = getattr(self, name)(x)
         return x
@@ -210,19 +273,26 @@ class GridSetting(nn.Module):
         setting: ``gridpg`` / ``difull`` / ``dipart``.
         n: grid side (2 for 2x2, 3 for 3x3).
         head: GridPG only: ``global`` (paper) or ``aligned`` (see module docstring).
+        classifier: GridPG only: ``auto`` (default), ``pool`` (the model's own head on the
+            whole composite feature map: ``model(grid)``) or ``slide`` (classifier slid over
+            cell-sized windows, logit map averaged); ``auto`` = ``pool`` for a global-pooling
+            head (:func:`is_global_pool_head`), else ``slide``.
         check: verify once, on a probe input of ``cell_size``, that backbone + head
             reproduce the base model's logits (catches a wrong backbone/head split).
         cell_size: (h, w) of one cell for the check; taken from the first forward if None.
     """
 
     def __init__(self, model: nn.Module, setting: str, n: int = 2, *, head: str = "global",
-                 check: bool = True, cell_size: Sequence[int] | None = None) -> None:
+                 classifier: str = "auto", check: bool = True,
+                 cell_size: Sequence[int] | None = None) -> None:
         super().__init__()
         setting = setting.lower()
         if setting not in SETTINGS:
             raise ValueError(f"unknown grid setting '{setting}'; use one of {SETTINGS}")
         if head not in ("global", "aligned"):
             raise ValueError("head must be 'global' or 'aligned'")
+        if classifier not in ("auto", "pool", "slide"):
+            raise ValueError("classifier must be 'auto', 'pool' or 'slide'")
         if n < 1:
             raise ValueError("n must be >= 1")
         self.setting = setting
@@ -231,6 +301,10 @@ class GridSetting(nn.Module):
         bb_names, head_names = split_backbone_head(model)
         self.backbone = Backbone(model, bb_names, cellwise_n=self.n if setting == "difull" else None)
         self.head = Head(model, head_names)
+        if classifier == "auto":
+            classifier = "pool" if is_global_pool_head(model, head_names) else "slide"
+        self.classifier_mode = classifier
+        self.sb_heads = self.n * self.n
         self._checked = not check
         self._base = [model]  # not registered: parameters are reached through backbone/head
         base_layers = default_layers(model)
@@ -305,6 +379,9 @@ class GridSetting(nn.Module):
         # the batch size is read from the tensors inside: methods may replace a layer's output
         # by a larger batch (occlusion at a layer) while feeding a single input
         if self.setting == "gridpg":
+            if self.head_mode == "global" and self.classifier_mode == "pool":
+                logits = self.head(self.features(x))  # = model(grid): GAP over the whole map
+                return self._finish(logits.repeat(1, self.cells))
             lm = self.logit_map(x)
             b, k = lm.shape[0], lm.shape[1]
             if self.head_mode == "global":
@@ -318,11 +395,15 @@ class GridSetting(nn.Module):
             f = self.features(x)  # grid-shaped in both DiFull (stitched) and DiPart
             logits = self.head(grid_to_cells(f, self.n))  # (B*n*n, K)
             out = logits.reshape(f.shape[0], self.cells * logits.shape[-1])
+        return self._finish(out)
+
+    def _finish(self, out: Tensor) -> Tensor:
         self.num_classes = out.shape[-1] // self.cells
         return out
 
     def extra_repr(self) -> str:
-        return f"setting={self.setting}, n={self.n}, head={self.head_mode}"
+        return (f"setting={self.setting}, n={self.n}, head={self.head_mode}, "
+                f"classifier={self.classifier_mode}")
 
 
 def wrap_grid_model(model: nn.Module, setting: str, n: int = 2, **kw) -> GridSetting:
