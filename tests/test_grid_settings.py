@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 import torchvision
+import torch.nn.functional as F
 from torch import nn
 
 from saliencybench.metrics.localization import localization_score
@@ -438,3 +439,30 @@ def test_rise_at_middle_and_final_layers(setting, layer):
         y[:, :, 16:, :16] = 3 * torch.randn(2, 3, 16, 16)
         again = raw_attribution(METHODS.get("rise"), w, y, target, params=params, seeds=[0, 1])
         torch.testing.assert_close(again, raw, atol=1e-6, rtol=1e-5)
+
+
+def test_scorecam_weights_are_probabilities_of_the_selected_head():
+    """Score-CAM's channel weight is the target's probability under its own head's softmax on a
+    grid model (Rao et al. 2022 §3.1), not a softmax over every head's logits together."""
+    from saliencybench.attributions.cam import _channel_masked_scores
+
+    class TwoHeads(nn.Module):
+        sb_heads = 2
+
+        def forward(self, x):  # head 0: 3 logits from the input; head 1: 3 large logits
+            m = x.mean((1, 2, 3))
+            return torch.stack([m, 2 * m, -m, 50 + m, 60 + m, 70 + m], dim=1)
+
+    x = torch.rand(2, 3, 8, 8, generator=torch.Generator().manual_seed(3))
+    act = torch.rand(2, 4, 4, 4, generator=torch.Generator().manual_seed(4))
+    target = torch.tensor([1, 0])
+    scores, constant = _channel_masked_scores(TwoHeads(), x, target, act, align_corners=False, eps=0.0,
+                                              probability=True, internal_batch_size=5)
+    assert not constant.any()
+    up = F.interpolate(act.flatten(0, 1).unsqueeze(1), size=(8, 8), mode="bilinear", align_corners=False)
+    lo, hi = up.flatten(1).amin(1).view(-1, 1, 1, 1), up.flatten(1).amax(1).view(-1, 1, 1, 1)
+    masked = x.repeat_interleave(4, 0) * (up - lo) / (hi - lo)
+    head0 = torch.softmax(TwoHeads()(masked)[:, :3], dim=1).view(2, 4, 3)
+    expected = head0[torch.arange(2), :, target]
+    torch.testing.assert_close(scores, expected, atol=1e-6, rtol=1e-5)
+    assert float(scores.min()) > 0.05  # a softmax over all six logits would make them ~e-22

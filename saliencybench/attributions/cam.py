@@ -31,6 +31,7 @@ from saliencybench.attributions.layer import (
     target_scores,
 )
 from saliencybench.benchmark.registry import register_method
+from saliencybench.models.grid_settings import class_probabilities
 from saliencybench.models.layout import fast_layout
 
 
@@ -95,7 +96,7 @@ def _channel_masked_scores(model: nn.Module, x: Tensor, target: Tensor, act: Ten
         up = (up - lo_) / torch.where(span > 0, span, torch.ones_like(span))
         out = model(fast_layout(x[cb] * up))
         if probability:
-            out = torch.softmax(out.float(), dim=1).to(act.dtype)
+            out = class_probabilities(model, out.float()).to(act.dtype)  # per head on grid models
         scores[cb, ck] = target_scores(out, target[cb])
         flat = (hi_ == lo_).view(-1)
         if bool(flat.any()):  # constant only after resampling: no ranking, as a constant channel
