@@ -265,7 +265,7 @@ def test_paper_suite_selection_and_ig_steps():
     import tomllib
     from pathlib import Path
 
-    data = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "rao2022-gridpg.toml").read_text())
+    data = tomllib.loads((Path(__file__).resolve().parents[1] / "saliencybench" / "configs" / "rao2022-gridpg.toml").read_text())
     for name, ds in data["datasets"].items():
         assert "pool" not in ds, name
         assert ds["select_models"] == "suite" and ds["min_confidence_fallback"] is False
@@ -273,5 +273,5 @@ def test_paper_suite_selection_and_ig_steps():
     ig = {k: v for k, v in data["methods"].items() if v.get("base") in ("integrated_gradients", "s_intgrad")}
     assert len(ig) == 9
     assert all(v.get("steps") == 20 for v in ig.values()), ig
-    default = tomllib.loads((Path(__file__).resolve().parents[1] / "configs" / "gridpg-default.toml").read_text())
+    default = tomllib.loads((Path(__file__).resolve().parents[1] / "saliencybench" / "configs" / "gridpg-default.toml").read_text())
     assert all(ds["min_confidence_fallback"] is True for ds in default["datasets"].values())

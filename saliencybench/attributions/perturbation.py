@@ -144,7 +144,8 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
 
     Defaults: ``n_masks=1000`` (Rao et al. 2022 supp. H, M=1000), ``grid=6``, ``p1=0.1``
     (Rao et al. 2022's setting, as registered), ``internal_batch_size=256`` and
-    ``mask_chunk=250`` (memory only, no effect on values)."""
+    ``mask_chunk=250`` (memory only, no effect on values), ``layer=None`` (masks on the input,
+    Petsiuk et al. 2018)."""
     name = resolve_attribution_layer(model, layer)
     if name is not None:
         _, act = forward_with_activation(model, x, name)
