@@ -161,14 +161,21 @@ def _cam_model(logit_scale: float = 1.0):
     return model
 
 
-def _scorecam_by_hand(model, x, t):
-    """Wang et al. 2020 (Algorithm 1) as the authors' loop: one sample and one channel at a time."""
+def _cam_activation(model, x):
+    """The activation at TinyCNN's CAM layer (``features.4``)."""
     feats = {}
     h = model.features[4].register_forward_hook(lambda m, i, o: feats.__setitem__("a", o.detach()))
-    with torch.no_grad():
-        model(x)
-    h.remove()
-    act = feats["a"]
+    try:
+        with torch.no_grad():
+            model(x)
+    finally:
+        h.remove()
+    return feats["a"]
+
+
+def _scorecam_by_hand(model, x, t):
+    """Wang et al. 2020 (Algorithm 1) as the authors' loop: one sample and one channel at a time."""
+    act = _cam_activation(model, x)
     out = torch.zeros(x.shape[0], 1, *act.shape[-2:])
     for b in range(x.shape[0]):
         for k in range(act.shape[1]):
@@ -185,12 +192,7 @@ def _scorecam_by_hand(model, x, t):
 
 def _scorecam_softmax_across_channels(model, x, t):
     """The old ``scorecam``: target logits of the masked inputs softmaxed across channels."""
-    feats = {}
-    h = model.features[4].register_forward_hook(lambda m, i, o: feats.__setitem__("a", o.detach()))
-    with torch.no_grad():
-        model(x)
-    h.remove()
-    act = feats["a"]
+    act = _cam_activation(model, x)
     out = torch.zeros(x.shape[0], 1, *act.shape[-2:])
     for b in range(x.shape[0]):
         logits = []

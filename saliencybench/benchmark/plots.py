@@ -132,4 +132,4 @@ def qualitative_grid(images: torch.Tensor, maps: dict[str, torch.Tensor], out_pa
         ax.set_yticks([])
     if title:
         fig.suptitle(title, fontsize=8)
-    return save_figure(fig, out_path, dpi=85)  # photos and maps: fewer pixels per map
+    return save_figure(fig, out_path, dpi=72)  # photos and maps: fewer pixels per map
