@@ -175,7 +175,6 @@ def model_input_size(factory: Callable[..., Any], model: nn.Module) -> dict[str,
     Empty unless the model carries ``sb_info["data_config"]`` with a square input and a center
     crop and the factory takes both parameters; a suite's own values win (``setdefault``).
     """
-    import inspect
     import math
 
     info = getattr(model, "sb_info", None)
