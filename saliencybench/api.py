@@ -139,12 +139,6 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def _predictions(model: nn.Module, x: Tensor, device: torch.device, batch_size: int) -> Tensor:
-    with torch.no_grad():
-        return torch.cat([model(x[i:i + batch_size].to(device)).argmax(1).cpu()
-                          for i in range(0, x.shape[0], batch_size)])
-
-
 def _check_inputs(x: Tensor, targets: Any, masks: Tensor | None, sample_ids: Sequence[str] | None,
                   *, predicted: bool = False) -> tuple[Tensor, Tensor | None, Tensor | None]:
     if not isinstance(x, Tensor):
@@ -267,7 +261,7 @@ def evaluate(
         ValueError / TypeError: inputs, targets, masks or attributions of the wrong shape or type.
     """
     from saliencybench.benchmark.config import SuiteConfig
-    from saliencybench.benchmark.runner import Runner
+    from saliencybench.benchmark.runner import Runner, predicted_classes
     from saliencybench.benchmark.store import read_curves, read_scores
 
     populate()
@@ -338,7 +332,7 @@ def evaluate(
         num_classes = int(logits.shape[1])
         if samples is None:
             if y is None:  # target="predicted" without labels
-                y = _predictions(run_model, x, dev, batch_size)
+                y = predicted_classes(run_model, x, batch_size, dev).cpu()
             if int(y.min()) < 0 or int(y.max()) >= num_classes:
                 raise ValueError(f"targets must lie in [0, {num_classes}) for a model with {num_classes} "
                                  f"outputs; got {int(y.min())}..{int(y.max())}")

@@ -262,12 +262,16 @@ class RunStats:
     failures: list[str] = field(default_factory=list)
 
 
-def _targets(model: nn.Module, batch: Batch, mode: str, max_batch: int) -> Tensor:
-    if mode == "label":
-        return batch.y
+def predicted_classes(model: nn.Module, x: Tensor, max_batch: int, device: torch.device | None = None) -> Tensor:
+    """The model's arg-max class per input, in batches of ``max_batch`` (on ``device`` if given)."""
     with torch.no_grad():
-        preds = [model(batch.x[i:i + max_batch]).argmax(1) for i in range(0, len(batch), max_batch)]
+        preds = [model(x[i:i + max_batch] if device is None else x[i:i + max_batch].to(device)).argmax(1)
+                 for i in range(0, x.shape[0], max_batch)]
     return torch.cat(preds)
+
+
+def _targets(model: nn.Module, batch: Batch, mode: str, max_batch: int) -> Tensor:
+    return batch.y if mode == "label" else predicted_classes(model, batch.x, max_batch)
 
 
 def _sanitize(maps: Tensor, x: Tensor) -> tuple[Tensor, list[str]]:
