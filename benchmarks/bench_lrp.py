@@ -15,7 +15,7 @@ import torch
 import torchvision
 
 from saliencybench.attributions.lrp import lrp
-from saliencybench.benchmark.registry import METHODS
+from saliencybench.core.registry import METHODS
 
 _TIMES: dict[str, float] = {}
 DEVICE = "cuda" if torch.cuda.is_available() else "cpu"

@@ -122,7 +122,7 @@ def test_rise_ours(benchmark, setup):
 def test_rise_plain_forward_same_images(benchmark, setup):
     """Forward passes alone over the same number of images, in batches of 256, in the memory
     layout our forward-only paths use (channels-last on CPU), so the ratio is RISE's own cost."""
-    from saliencybench.models.layout import fast_layout
+    from saliencybench.core.tensors import fast_layout
 
     model, x, t = setup
     n = x.shape[0] * N_MASKS

@@ -25,8 +25,8 @@ import pytest
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+from saliencybench.core.registry import METRICS
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 
 quantus = pytest.importorskip("quantus")
 from saliencybench.metrics.quantus_adapter import import_quantus  # noqa: E402
@@ -147,7 +147,7 @@ def test_throughput_engine_bundle(benchmark, tp_setup, max_batch):
 @pytest.mark.parametrize("batch", [64, 256, 512, 1024])
 def test_throughput_plain_forward(benchmark, tp_setup, batch):
     """Forward passes alone (inference mode) over 1024 images of the same size, in batches of ``batch``."""
-    from saliencybench.models.layout import fast_layout
+    from saliencybench.core.tensors import fast_layout
 
     model, x, *_ = tp_setup
     if DEVICE == "cpu" and batch > 256:

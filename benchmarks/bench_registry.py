@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from saliencybench.attributions.base import compute_attribution
-from saliencybench.benchmark.registry import METHODS, METRICS, MODELS, populate
-from saliencybench.benchmark.types import Batch, EvalContext, IDENTITY_NORMALIZATION
+from saliencybench.core.registry import METHODS, METRICS, MODELS, populate
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 
 populate()
 DEVICE = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -33,7 +33,7 @@ def _inputs():
 
 
 def _applicable(name, model):
-    from saliencybench.attributions.base import NotApplicableError
+    from saliencybench.core.errors import NotApplicableError
 
     x, y = _inputs()
     try:

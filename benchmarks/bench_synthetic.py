@@ -8,7 +8,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saliencybench.benchmark.registry import MODELS
+from saliencybench.core.registry import MODELS
 from saliencybench.datasets.synthetic import generate_range, synthetic
 
 

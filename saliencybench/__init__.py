@@ -11,7 +11,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-from saliencybench.benchmark.registry import (  # noqa: E402
+from saliencybench.core.registry import (
     DATASETS,
     METHODS,
     METRICS,
@@ -21,7 +21,20 @@ from saliencybench.benchmark.registry import (  # noqa: E402
     register_method,
     register_metric,
     register_model,
+    set_builtin_loader,
 )
+
+
+def _import_builtins() -> None:
+    """Import the four packages whose ``__init__`` imports every registering module."""
+    import saliencybench.attributions  # noqa: F401
+    import saliencybench.datasets  # noqa: F401
+    import saliencybench.metrics  # noqa: F401
+    import saliencybench.models  # noqa: F401
+
+
+# Registries fill on first lookup, so `import saliencybench` stays light (no torch) for the CLI.
+set_builtin_loader(_import_builtins)
 
 
 def list_methods(pattern: str = "*") -> list[str]:
@@ -46,7 +59,7 @@ def create_model(name: str, **kw):
 
 
 def load_dataset(name: str, **kw):
-    """Build a registered dataset's :class:`~saliencybench.benchmark.types.SampleSet`."""
+    """Build a registered dataset's :class:`~saliencybench.core.types.SampleSet`."""
     return DATASETS.get(name).obj(**kw)
 
 

@@ -22,24 +22,11 @@ import pandas as pd
 import torch
 from torch import Tensor, nn
 
-from saliencybench.benchmark.registry import (
-    METHODS,
-    METRICS,
-    Entry,
-    RegistryError,
-    populate,
-)
-from saliencybench.benchmark.types import (
-    IDENTITY_NORMALIZATION,
-    Normalization,
-    SampleSet,
-)
+from saliencybench.core.errors import PrecomputedAttributionError
+from saliencybench.core.registry import METHODS, METRICS, Entry, RegistryError, populate
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Normalization, SampleSet
 
 __all__ = ["evaluate", "leaderboard"]
-
-class PrecomputedAttributionError(RuntimeError):
-    """Precomputed maps cannot be recomputed at other inputs (what MIA would need)."""
-
 
 def _precomputed_fn(model, x, target, **kw):  # pragma: no cover - never reached by the runner
     raise PrecomputedAttributionError(
@@ -96,7 +83,7 @@ def _as_normalization(norm: Any) -> Normalization | None:
     if norm is None or isinstance(norm, Normalization):
         return norm
     if isinstance(norm, str):
-        from saliencybench.benchmark.types import IMAGENET_NORMALIZATION
+        from saliencybench.core.types import IMAGENET_NORMALIZATION
 
         table = {"imagenet": IMAGENET_NORMALIZATION, "identity": IDENTITY_NORMALIZATION}
         if norm not in table:
@@ -256,7 +243,7 @@ def evaluate(
         to the model) is in ``scores.attrs["manifest"]``.
 
     Raises:
-        saliencybench.benchmark.registry.UnknownNameError: an unknown method or metric name
+        saliencybench.core.registry.UnknownNameError: an unknown method or metric name
             (with a "did you mean" suggestion).
         ValueError / TypeError: inputs, targets, masks or attributions of the wrong shape or type.
     """
@@ -424,7 +411,7 @@ def leaderboard(scores: pd.DataFrame, *, higher_is_better: Mapping[str, bool] | 
     attaches (``scores.attrs["manifest"]``, which also knows aliased metrics);
     ``higher_is_better={"my_alias": False}`` overrides them.
     """
-    from saliencybench.benchmark.leaderboard import (
+    from saliencybench.benchmark.report.leaderboard import (
         LEGEND,
         markdown_tables,
         plan_note,

@@ -9,10 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import (
-    DATASETS, METHODS, METRICS, MODELS, register_dataset, register_method, register_metric, register_model,
+from saliencybench.core.registry import (
+    DATASETS,
+    METHODS,
+    register_dataset,
+    register_method,
+    register_metric,
+    register_model,
 )
-from saliencybench.benchmark.types import MetricOutput, Normalization, SampleSet
+from saliencybench.core.types import MetricOutput, Normalization, SampleSet
 from saliencybench.metrics.base import Metric
 
 NORM = Normalization((0.5, 0.5, 0.5), (0.25, 0.25, 0.25))
@@ -53,7 +58,7 @@ def grad_x_input(model, x, target, **kw):
 
 
 def noisy(model, x, target, seeds, **kw):
-    from saliencybench.attributions.base import per_sample_rand
+    from saliencybench.core.seeding import per_sample_rand
     return per_sample_rand(seeds, x.shape[1:], x.device)
 
 
@@ -118,7 +123,7 @@ figures = false
 
 
 def na_method(model, x, target, **kw):
-    from saliencybench.attributions.base import NotApplicableError
+    from saliencybench.core.errors import NotApplicableError
     raise NotApplicableError("toy_na applies to no model")
 
 

@@ -14,7 +14,7 @@ SUPPORTED_NEEDS = {"gradient", "forward", "layer"}
 
 def builtin_methods() -> list[str]:
     """Registered methods implemented in the package (test modules register deliberately broken toys)."""
-    from saliencybench.benchmark.registry import METHODS
+    from saliencybench.core.registry import METHODS
 
     return [e.name for e in METHODS if getattr(e.obj, "__module__", "").startswith("saliencybench.")]
 

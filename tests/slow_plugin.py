@@ -15,7 +15,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _toy import grad_x_input, register_all  # noqa: E402
 
-from saliencybench.benchmark.registry import METHODS, register_method  # noqa: E402
+from saliencybench.core.registry import METHODS, register_method  # noqa: E402
 
 register_all()
 _calls = 0

@@ -5,9 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saliencybench.metrics.aggatt import (
-    DEFAULT_PERCENTILES, aggatt_bins, aggatt_normalise, aggatt_normaliser, bin_edges, bin_scores,
-    plot_aggatt, sort_by_localization,
+from saliencybench.benchmark.report.aggatt import (
+    DEFAULT_PERCENTILES,
+    aggatt_bins,
+    aggatt_normalise,
+    aggatt_normaliser,
+    bin_edges,
+    bin_scores,
+    plot_aggatt,
+    sort_by_localization,
 )
 
 
@@ -124,14 +130,14 @@ def test_normaliser_is_the_995th_percentile_over_all_pixels_including_zeros():
 
 
 def test_bin_median_positions():
-    from saliencybench.metrics.aggatt import bin_median_positions
+    from saliencybench.benchmark.report.aggatt import bin_median_positions
 
     assert bin_median_positions([(0, 2), (2, 5), (5, 50), (7, 7)]) == [1, 3, 27, None]
 
 
 def test_aggatt_figures_stay_small(tmp_path):
     """Committed figures: many methods of 128 x 128 maps stay well under 400 KB."""
-    from saliencybench.metrics.aggatt import plot_aggatt_examples
+    from saliencybench.benchmark.report.aggatt import plot_aggatt_examples
 
     g = torch.Generator().manual_seed(0)
     smooth = torch.nn.functional.interpolate(torch.rand(40 * 6, 1, 16, 16, generator=g), size=(128, 128),

@@ -18,9 +18,9 @@ from torch import nn
 
 import saliencybench as sb
 from saliencybench.benchmark.config import SuiteConfig
-from saliencybench.benchmark.registry import UnknownNameError
 from saliencybench.benchmark.runner import run_suite
 from saliencybench.benchmark.store import SCORE_COLUMNS, read_curves, read_scores
+from saliencybench.core.registry import UnknownNameError
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 FAST = ["insertion", "deletion", {"del16": {"base": "deletion", "pixels_per_step": 16}}]
@@ -243,7 +243,7 @@ def test_runner_provide_attributions_across_chunks(tiny, tmp_path):
     """Precomputed maps go into the cache chunk by chunk; the method itself is never called."""
     from saliencybench.api import precomputed_entry
     from saliencybench.benchmark.runner import Runner
-    from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, SampleSet
+    from saliencybench.core.types import IDENTITY_NORMALIZATION, SampleSet
 
     model, x, y = tiny
     model.eval()

@@ -19,13 +19,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from _toy import TOY_TOML, register_all
+
 from saliencybench.benchmark.config import load_config
-from saliencybench.benchmark.leaderboard import render_markdown
-from saliencybench.benchmark.registry import METHODS, register_method
+from saliencybench.benchmark.report.leaderboard import render_markdown
 from saliencybench.benchmark.runner import run_suite
 from saliencybench.benchmark.store import read_scores
+from saliencybench.core.registry import METHODS, register_method
 
 register_all()
 

@@ -7,8 +7,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _toy import TOY_TOML, register_all
+
 from saliencybench.benchmark.cli import main
 
 register_all()

@@ -7,6 +7,7 @@ import shutil
 from pathlib import Path
 
 from _toy import TOY_TOML, register_all
+
 from saliencybench.benchmark.cli import main
 
 register_all()
@@ -47,7 +48,7 @@ def test_compare_computes_only_the_new_method(tmp_path, capsys, monkeypatch):
 
 PROBE = """
 from saliencybench import register_method
-from saliencybench.benchmark.registry import METHODS
+from saliencybench.core.registry import METHODS
 
 if "cmp_probe" not in METHODS:
     register_method("cmp_probe", family="plugin")(lambda model, x, target, **kw: x.abs())

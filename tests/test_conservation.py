@@ -6,8 +6,8 @@ import torch
 import torchvision
 from torch import nn
 
-from saliencybench.benchmark.registry import METHODS, METRICS
-from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+from saliencybench.core.registry import METHODS, METRICS
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 from saliencybench.metrics.conservation import ConservationError, conservation_figure, figure_rows
 
 

@@ -13,13 +13,14 @@ import copy
 import numpy as np
 import pytest
 import torch
-
 from methods_helpers import FAST, SUPPORTED_NEEDS, assert_same_state, builtin_methods, model_state, tiny_resnet
-from saliencybench.attributions.base import NotApplicableError, compute_attribution
+
+from saliencybench.attributions.base import compute_attribution
 from saliencybench.benchmark.config import config_from_dict
-from saliencybench.benchmark.registry import METHODS
 from saliencybench.benchmark.runner import run_suite
 from saliencybench.benchmark.store import read_scores
+from saliencybench.core.errors import NotApplicableError
+from saliencybench.core.registry import METHODS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

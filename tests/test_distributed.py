@@ -8,7 +8,6 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from _toy import TOY_TOML
 
 PLUGIN = str(Path(__file__).with_name("toy_plugin.py"))

@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from saliencybench.attributions.base import model_guard
-from saliencybench.benchmark.registry import METHODS
+from saliencybench.core.guard import model_guard
+from saliencybench.core.registry import METHODS
 
 
 def _raw(name, model, x, t, **params):
@@ -92,7 +92,7 @@ def test_occlusion_matches_captum_when_windows_do_not_tile():
 
 def _mia_ctx(model, x, y, method):
     from saliencybench.attributions.base import compute_attribution
-    from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+    from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 
     def attribute(xm, t, reduce=True, **kw):  # what the runner passes to metrics
         return compute_attribution(method, model, xm, t, reduce=reduce)
@@ -111,7 +111,7 @@ def test_mia_uses_signed_guided_backprop():
     GBP, not |GBP| (Algorithm 1 with Expl = GBP, Eq. 11 per channel)."""
     from conftest import TinyCNN
 
-    from saliencybench.benchmark.registry import METRICS
+    from saliencybench.core.registry import METRICS
 
     torch.manual_seed(0)
     model = TinyCNN().eval()

@@ -8,10 +8,14 @@ import pytest
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import DATASETS, register_dataset
-from saliencybench.benchmark.types import Normalization, SampleSet
+from saliencybench.core.registry import DATASETS, register_dataset
+from saliencybench.core.types import Normalization, SampleSet
 from saliencybench.datasets.grid import (
-    GridSampleSet, GridThresholdWarning, build_grid_samples, choose_threshold, layout_grids,
+    GridSampleSet,
+    GridThresholdWarning,
+    build_grid_samples,
+    choose_threshold,
+    layout_grids,
 )
 from saliencybench.models.grid_settings import GridSetting
 
@@ -213,7 +217,7 @@ class ScaledNet(MeanNet):
 
 def test_strict_selection_raises_instead_of_lowering_the_threshold(base_and_model):
     """Paper suites (min_confidence_fallback = false): too few confident images is an error."""
-    from saliencybench.datasets.grid import GridSelectionError
+    from saliencybench.core.errors import GridSelectionError
 
     base, model = base_and_model
     with pytest.raises(GridSelectionError, match="min_confidence_fallback"):
@@ -262,8 +266,9 @@ def test_suite_selection_is_the_same_for_every_model(base_and_model):
 def test_paper_suite_selection_and_ig_steps():
     """rao2022-gridpg: whole validation split, every model, no silent threshold lowering,
     IG / S-IntGrad with 20 steps (the official code's captum n_steps=20)."""
-    import tomllib
     from pathlib import Path
+
+    import tomllib
 
     data = tomllib.loads((Path(__file__).resolve().parents[1] / "saliencybench" / "configs" / "rao2022-gridpg.toml").read_text())
     for name, ds in data["datasets"].items():

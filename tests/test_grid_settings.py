@@ -4,15 +4,20 @@ from __future__ import annotations
 
 import pytest
 import torch
-import torchvision
 import torch.nn.functional as F
+import torchvision
 from torch import nn
 
+from saliencybench.core.modules import capture_activation
 from saliencybench.metrics.localization import localization_score
 from saliencybench.models.grid_settings import (
-    GridSetting, cell_masks, cells_to_grid, default_layers, grid_to_cells, split_backbone_head,
+    GridSetting,
+    cell_masks,
+    cells_to_grid,
+    default_layers,
+    grid_to_cells,
+    split_backbone_head,
 )
-from saliencybench.models.layers import capture_activation
 
 
 class SmallRFNet(nn.Module):
@@ -311,7 +316,7 @@ def test_layer_occlusion_runs_in_every_setting(setting):
 
 
 def _zoo_resnet():
-    from saliencybench.benchmark.registry import MODELS
+    from saliencybench.core.registry import MODELS
 
     return MODELS.get("sb_resnet").obj()
 
@@ -360,7 +365,7 @@ def test_gridpg_vgg_fixed_size_head_still_slides():
 def test_probabilities_are_per_head(setting):
     """A DiFull / DiPart probability is the softmax of the selected head's own K logits: in
     DiFull, another cell's image cannot change the target head's probabilities."""
-    from saliencybench.models.grid_settings import class_probabilities
+    from saliencybench.core.outputs import class_probabilities
 
     torch.manual_seed(0)
     m = SmallRFNet().eval()
@@ -399,7 +404,7 @@ def test_cam_methods_at_the_input_layer(method):
     """Rao et al. 2022 Fig. 9: CAMs at the input treat the image's channels as the activation
     (the official code hands every method the activation at the requested layer)."""
     from saliencybench.attributions.base import compute_attribution, raw_attribution
-    from saliencybench.benchmark.registry import METHODS
+    from saliencybench.core.registry import METHODS
 
     torch.manual_seed(0)
     w = GridSetting(SmallRFNet().eval(), "gridpg", 2)
@@ -421,7 +426,7 @@ def test_rise_at_middle_and_final_layers(setting, layer):
     """RISE at a layer (Rao et al. 2022 Fig. 9, official code): masks of the layer's size
     multiply its activation; in DiFull the map stays in the scored cell's part of the layer."""
     from saliencybench.attributions.base import compute_attribution, raw_attribution
-    from saliencybench.benchmark.registry import METHODS
+    from saliencybench.core.registry import METHODS
 
     torch.manual_seed(0)
     m = SmallRFNet().eval()

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
-
 from _toy import TOY_TOML
 
 PLUGIN = str(Path(__file__).with_name("slow_plugin.py"))

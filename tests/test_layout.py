@@ -1,11 +1,11 @@
-"""Channels-last inputs for forward-only passes (saliencybench.models.layout)."""
+"""Channels-last inputs for forward-only passes (saliencybench.core.tensors)."""
 
 from __future__ import annotations
 
 import torch
 
-from saliencybench.benchmark.registry import MODELS
-from saliencybench.models.layout import fast_layout
+from saliencybench.core.registry import MODELS
+from saliencybench.core.tensors import fast_layout
 
 
 def test_channels_last_forward_matches_nchw_and_leaves_model_alone():

@@ -10,9 +10,9 @@ import pandas as pd
 import pytest
 
 from saliencybench.benchmark.config import load_config
-from saliencybench.benchmark.leaderboard import build_tables, render_markdown
-from saliencybench.benchmark.registry import METRICS
+from saliencybench.benchmark.report.leaderboard import build_tables, render_markdown
 from saliencybench.benchmark.store import SCORE_COLUMNS
+from saliencybench.core.registry import METRICS
 
 ROOT = Path(__file__).resolve().parents[1]
 CURVE = dict(preset="otsuki2024", pixels_per_step=256)
@@ -108,7 +108,7 @@ def test_plan_is_read_from_parameters_not_names(tmp_path):
 def test_derived_metric_counts_when_a_component_is_missing(tmp_path):
     v = {k: x for k, x in _values().items() if k[1] in ("insertion", "id_score")}
     out = _write(tmp_path / "r", v, {k: dict(CURVE) for k in ("insertion", "id_score")})
-    from saliencybench.benchmark.leaderboard import measurement_plan
+    from saliencybench.benchmark.report.leaderboard import measurement_plan
 
     counted, identical, derived = measurement_plan(json.loads((out / "run.json").read_text()),
                                                    ["insertion", "id_score"])
@@ -127,7 +127,7 @@ def test_missing_metric_is_flagged_against_distinct_count(tmp_path):
 def test_default_suite_lerf_morf_are_their_own_measurements():
     """The default suite: LeRF / MoRF must not repeat Insertion / Deletion (Jeon et al. 2022
     pixel flipping on another substrate than the Otsuki et al. 2024 black one)."""
-    from saliencybench.benchmark.leaderboard import measurement_plan
+    from saliencybench.benchmark.report.leaderboard import measurement_plan
 
     cfg = load_config(ROOT / "saliencybench" / "configs" / "default.toml")
     manifest = {"config": cfg.to_dict()}

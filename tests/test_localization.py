@@ -8,10 +8,13 @@ import pandas as pd
 import pytest
 import torch
 
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.types import Batch, EvalContext, IDENTITY_NORMALIZATION
+from saliencybench.core.registry import METRICS
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 from saliencybench.metrics.localization import (
-    Localization, localization_parts, localization_report, localization_score, method_layer,
+    Localization,
+    localization_parts,
+    localization_score,
+    method_layer,
     pointing_game_score,
 )
 from saliencybench.models.grid_settings import cell_masks

@@ -6,13 +6,11 @@ import warnings
 
 import pandas as pd
 import pytest
-import torch
+from test_grid_dataset import MeanNet, make_base
 
 from saliencybench.benchmark.config import config_from_dict
-from saliencybench.benchmark.registry import DATASETS, MODELS, register_dataset, register_model
 from saliencybench.benchmark.runner import run_suite
-
-from test_grid_dataset import MeanNet, make_base
+from saliencybench.core.registry import DATASETS, MODELS, register_dataset, register_model
 
 
 @pytest.fixture
@@ -36,7 +34,7 @@ def toy_registrations():
 
 @pytest.mark.slow
 def test_runner_grid_pipeline_and_report(tmp_path, toy_registrations):
-    from saliencybench.benchmark.report import make_figures
+    from saliencybench.benchmark.report.figures import make_figures
 
     data = {
         "suite": {"name": "gridtoy", "datasets": ["gp", "df"], "models": ["_gridtoy_net"],

@@ -15,7 +15,7 @@ from saliencybench.attributions.lrp import lrp, lrp_resnet_with_checkpoints
 from saliencybench.attributions.lrp_engine import LRPUnsupportedModel, lrp_relevance, trace_model
 from saliencybench.attributions.lrp_rules import LayerRule, linear_relevance, split_relevance
 from saliencybench.attributions.postprocess import heat_quantize
-from saliencybench.benchmark.registry import METHODS, MODELS
+from saliencybench.core.registry import METHODS, MODELS
 
 BLOCK_TYPES = (torchvision.models.resnet.BasicBlock, torchvision.models.resnet.Bottleneck)
 
@@ -363,7 +363,7 @@ def test_bn_fold_keeps_plain_epsilon_finite_on_the_zoo_resnet():
     # to ~1e8 x the logit (measured median 3.6e8 on these 16 samples); folded as zennit does,
     # the error is what the folded biases absorb (measured median 0.85, max 1.39)
     model = MODELS.get("sb_resnet").obj().eval()
-    from saliencybench.benchmark.registry import DATASETS
+    from saliencybench.core.registry import DATASETS
 
     ds = DATASETS.get("synthetic").obj(n_samples=16, split="test")
     kw = dict(rule="epsilon", split="signed", init="logit", epsilon=1e-6, stabilizer=1e-6,
@@ -410,7 +410,7 @@ def test_registered_variants_share_one_implementation():
 
 
 def test_lrp_resnet_is_not_applicable_without_residual_blocks(tiny_cnn, tiny_batch):
-    from saliencybench.attributions.base import NotApplicableError
+    from saliencybench.core.errors import NotApplicableError
 
     x, y = tiny_batch
     with pytest.raises(NotApplicableError, match="residual blocks"):

@@ -11,7 +11,7 @@ from torch import nn
 from saliencybench.attributions.lrp import lrp
 from saliencybench.attributions.lrp_engine import LRPConfig, LRPUnsupportedModel, lrp_relevance
 from saliencybench.attributions.lrp_rules import input_relevance
-from saliencybench.benchmark.registry import METHODS, MODELS
+from saliencybench.core.registry import METHODS, MODELS
 
 MEAN = torch.tensor([0.485, 0.456])
 STD = torch.tensor([0.229, 0.224])

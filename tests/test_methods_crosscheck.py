@@ -13,9 +13,9 @@ import torch
 from torch import nn
 from torchvision.models import resnet18, vgg11
 
-from saliencybench.attributions.base import compute_attribution, model_guard
-from saliencybench.benchmark.registry import METHODS
-from saliencybench.models.layout import fast_layout
+from saliencybench.core.guard import model_guard
+from saliencybench.core.registry import METHODS
+from saliencybench.core.tensors import fast_layout
 
 captum_attr = pytest.importorskip("captum.attr")
 pgc = pytest.importorskip("pytorch_grad_cam")
@@ -50,7 +50,7 @@ def _tiny() -> nn.Module:
 
 def _zoo(name: str):
     def build() -> nn.Module:
-        from saliencybench.benchmark.registry import MODELS as ZOO
+        from saliencybench.core.registry import MODELS as ZOO
 
         return ZOO.get(name).obj().eval()
     return build
@@ -98,7 +98,7 @@ def test_gradient_methods_match_captum(model_name: str) -> None:
     _close(_raw("guided_backprop", model, x, t),
            captum_attr.GuidedBackprop(model).attribute(x, target=t))
     ours = _raw("integrated_gradients", model, x, t, steps=20)
-    # our IG runs its path batches channels-last on CPU (saliencybench.models.layout); Captum
+    # our IG runs its path batches channels-last on CPU (saliencybench.core.tensors); Captum
     # gets the same layout: NCHW and NHWC conv kernels sum in another float32 order, which on
     # sb_vgg flips a few ReLU gates at near-zero pre-activations along the path and moves IG by
     # 3.3e-4 of its max (measured); in the same layout the two agree to ~1e-7

@@ -4,15 +4,16 @@ invariants. Small models (TinyResNet with reused ReLUs and max-pool; torchvision
 from __future__ import annotations
 
 import torch
+from methods_helpers import tiny_resnet
 from torchvision.models import resnet18
 
-from methods_helpers import tiny_resnet
-from saliencybench.attributions.base import compute_attribution, model_guard
+from saliencybench.attributions.base import compute_attribution
 from saliencybench.attributions.fullgrad import bias_gradients
 from saliencybench.attributions.layer import target_scores
 from saliencybench.attributions.path import completeness_delta
 from saliencybench.attributions.perturbation import rise_masks
-from saliencybench.benchmark.registry import METHODS
+from saliencybench.core.guard import model_guard
+from saliencybench.core.registry import METHODS
 
 
 def _x(n=3, size=32, scale=3.0):
@@ -142,7 +143,7 @@ def test_completeness_on_the_default_zoo() -> None:
     # error at 50 Gauss-Legendre steps was measured at 1.7e-2 (sb_resnet), 4.1e-3 (sb_vgg) and
     # 1e-7 (sb_nibvgg: no biases, ReLU, so f is positively homogeneous and IG is exact at any
     # step count); 200 steps bring every model under 1%. DeepLIFT (Rescale) is exact.
-    from saliencybench.benchmark.registry import DATASETS, MODELS
+    from saliencybench.core.registry import DATASETS, MODELS
 
     ds = DATASETS.get("synthetic").obj(n_samples=8, split="test")
     for name in ("sb_resnet", "sb_vgg", "sb_nibvgg"):

@@ -6,8 +6,8 @@ import pytest
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+from saliencybench.core.registry import METRICS
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 from saliencybench.metrics.mia import minmax_per_channel
 
 
@@ -126,4 +126,4 @@ def test_nonfinite_attribution_is_reported():
     out = mia(iterations=3).evaluate(ctx_for(model, x, y, attribute), x[:, :1])
     assert out.status == ["ok", "nonfinite_attribution", "ok"]
     assert torch.isnan(out.values[1]) and not torch.isnan(out.values[[0, 2]]).any()
-    assert METRICS.get("mia").higher_is_better and METRICS.get("mia").obj.needs_method
+    assert METRICS.get("mia").meta["higher_is_better"] and METRICS.get("mia").obj.needs_method

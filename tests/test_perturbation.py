@@ -9,14 +9,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from torch import nn
 
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.types import (
-    IDENTITY_NORMALIZATION, IMAGENET_NORMALIZATION, Batch, EvalContext, Normalization,
+from saliencybench.attributions.postprocess import gaussian_smooth
+from saliencybench.core.registry import METRICS
+from saliencybench.core.types import (
+    IDENTITY_NORMALIZATION,
+    IMAGENET_NORMALIZATION,
+    Batch,
+    EvalContext,
 )
 from saliencybench.metrics.perturbation import (
-    CurveSettings, PerturbationCurve, count_grid, make_substrate, resolve_settings, unit_ranks,
+    PerturbationCurve,
+    count_grid,
+    make_substrate,
+    resolve_settings,
+    unit_ranks,
 )
-from saliencybench.attributions.postprocess import gaussian_smooth
 
 
 class MeanModel(nn.Module):
@@ -197,7 +204,7 @@ def test_bundle_costs_two_curves_and_equals_separate_runs(tiny_cnn, tiny_batch):
     # the group key lets the runner group them
     assert len({metric(n, **kw).group_key() for n in names}) == 1
     # lerf higher is better / morf lower is better, registered as such
-    assert METRICS.get("lerf").higher_is_better and not METRICS.get("morf").higher_is_better
+    assert METRICS.get("lerf").meta["higher_is_better"] and not METRICS.get("morf").meta["higher_is_better"]
 
 
 @pytest.mark.parametrize("preset", ["otsuki2024", "none"])

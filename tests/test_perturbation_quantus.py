@@ -20,8 +20,8 @@ import numpy as np
 import pytest
 import torch
 
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, IMAGENET_NORMALIZATION, Batch, EvalContext
+from saliencybench.core.registry import METRICS
+from saliencybench.core.types import IDENTITY_NORMALIZATION, IMAGENET_NORMALIZATION, Batch, EvalContext
 
 quantus = pytest.importorskip("quantus")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from saliencybench.models.precision import exact_fp32
+from saliencybench.core.tensors import exact_fp32
 
 
 def test_exact_fp32_switches_tf32_off_and_restores() -> None:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import inspect
 import sys
 
-import numpy as np
 import pytest
 import torch
 
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.types import IDENTITY_NORMALIZATION, Batch, EvalContext
+from saliencybench.core.registry import METRICS
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 from saliencybench.metrics import quantus_adapter as qa
 
 quantus = pytest.importorskip("quantus")
@@ -38,9 +37,9 @@ def test_static_table_matches_installed_quantus():
 def test_names_are_registered_with_direction():
     names = METRICS.names("quantus:*")
     assert len(names) == len(qa.QUANTUS_METRICS)
-    assert METRICS.get("quantus:FaithfulnessCorrelation").higher_is_better is True
-    assert METRICS.get("quantus:ROAD").higher_is_better is False
-    assert METRICS.get("quantus:RelevanceMassAccuracy").higher_is_better is True
+    assert METRICS.get("quantus:FaithfulnessCorrelation").meta["higher_is_better"] is True
+    assert METRICS.get("quantus:ROAD").meta["higher_is_better"] is False
+    assert METRICS.get("quantus:RelevanceMassAccuracy").meta["higher_is_better"] is True
 
 
 def _ctx(model, x, y, mask=None, attribute=None):
@@ -134,7 +133,7 @@ def test_region_perturbation_direction_follows_order():
     assert cls.direction({"order": "morf"}) is True and cls.direction({"order": "LeRF"}) is False
     assert cls.direction({}) is True  # Quantus's default order is "morf"
     assert cls.direction({"order": "random"}) is None
-    assert METRICS.get("quantus:RegionPerturbation").higher_is_better is True
+    assert METRICS.get("quantus:RegionPerturbation").meta["higher_is_better"] is True
     assert METRICS.get("quantus:PixelFlipping").obj.direction({}) is None
 
     g = torch.Generator().manual_seed(0)
@@ -154,8 +153,9 @@ def test_region_perturbation_direction_reaches_run_json_and_leaderboard(tmp_path
     import json
 
     from _toy import TOY_TOML, register_all
+
     from saliencybench.benchmark.config import load_config
-    from saliencybench.benchmark.leaderboard import metric_directions, render_markdown
+    from saliencybench.benchmark.report.leaderboard import metric_directions, render_markdown
     from saliencybench.benchmark.runner import run_suite
 
     register_all()

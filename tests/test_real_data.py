@@ -8,14 +8,13 @@ from collections import Counter
 import numpy as np
 import pytest
 import torch
-from fixtures_real import (make_fake_cifar, make_fake_cub, make_fake_image_folder, make_fake_imagenet,
-                           skip_md5)
+from fixtures_real import make_fake_cifar, make_fake_cub, make_fake_image_folder, make_fake_imagenet, skip_md5
 
-from saliencybench.benchmark.registry import DATASETS, MODELS
-from saliencybench.benchmark.types import IMAGENET_NORMALIZATION, SampleSet
+from saliencybench.core.errors import DataRootError, SetupError
+from saliencybench.core.registry import DATASETS, MODELS
+from saliencybench.core.types import IMAGENET_NORMALIZATION, SampleSet
 from saliencybench.datasets import cub as cub_mod
 from saliencybench.datasets.cifar import CIFAR_NORMALIZATION
-from saliencybench.datasets.errors import DataRootError, SetupError
 
 
 def load(name: str, **kw) -> SampleSet:

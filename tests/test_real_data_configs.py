@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import tomllib
 from collections import Counter
 from pathlib import Path
 
 import pytest
+import tomllib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "saliencybench" / "configs"
 PAPER_SUITES = ["otsuki2024-imagenet", "otsuki2024-cub", "dga2022-pixelflip", "rao2022-gridpg",

@@ -10,7 +10,7 @@ from conftest import TinyCNN
 from fixtures_real import make_fake_cifar, make_fake_cub, skip_md5
 from torch.utils.data import TensorDataset
 
-from saliencybench.benchmark.registry import MODELS
+from saliencybench.core.registry import MODELS
 from saliencybench.models import recipes as R
 from saliencybench.models.checkpoint import load_checkpoint, read_state_dict
 

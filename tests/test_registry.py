@@ -5,16 +5,39 @@ from __future__ import annotations
 import pytest
 
 from saliencybench.benchmark.config import list_suites, load_config
-from saliencybench.benchmark.registry import (
-    IMPORT_ERRORS, METHODS, METRICS, MODELS, DuplicateNameError, Registry, UnknownNameError,
-    load_plugin, populate, register_method,
-)
 from saliencybench.benchmark.runner import resolve_suite
+from saliencybench.core.registry import (
+    METHODS,
+    METRICS,
+    MODELS,
+    DuplicateNameError,
+    Registry,
+    UnknownNameError,
+    load_plugin,
+    populate,
+    register_method,
+)
 
 
-def test_every_builtin_module_imports():
+def test_every_registering_module_is_imported_by_its_package():
+    """Registration is explicit (each package's ``__init__`` imports its modules): a module with
+    ``@register_*`` decorators that its package forgets would silently register nothing."""
+    import re
+    import sys
+    from pathlib import Path
+
+    import saliencybench
+
     populate()
-    assert IMPORT_ERRORS == {}
+    root = Path(saliencybench.__file__).parent
+    missing = []
+    for pkg in ("attributions", "metrics", "datasets", "models"):
+        for f in sorted((root / pkg).rglob("*.py")):
+            if re.search(r"^\s*@?register_(method|metric|dataset|model)\(", f.read_text(), re.M):
+                name = ".".join(f.relative_to(root.parent).with_suffix("").parts)
+                if name not in sys.modules:
+                    missing.append(name)
+    assert missing == []
 
 
 def test_duplicate_and_unknown_names():

@@ -11,10 +11,11 @@ from __future__ import annotations
 
 import pytest
 import torch
-
 from methods_helpers import FAST, SUPPORTED_NEEDS, assert_same_state, builtin_methods, model_state, tiny_resnet
-from saliencybench.attributions.base import NotApplicableError, compute_attribution, method_params
-from saliencybench.benchmark.registry import METHODS
+
+from saliencybench.attributions.base import compute_attribution, method_params
+from saliencybench.core.errors import NotApplicableError
+from saliencybench.core.registry import METHODS
 
 ALL = builtin_methods()
 

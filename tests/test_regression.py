@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
-
 from _toy import TOY_TOML, register_all
+
 from saliencybench.benchmark.cli import main
 from saliencybench.benchmark.config import load_config
 from saliencybench.benchmark.regression import compare_results
-from saliencybench.benchmark.registry import METHODS, register_method
 from saliencybench.benchmark.runner import run_suite
+from saliencybench.core.registry import METHODS, register_method
 
 register_all()
 

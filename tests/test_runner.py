@@ -8,11 +8,12 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-
 from _toy import TOY_TOML, register_all
-from saliencybench.benchmark.config import ConfigError, config_from_dict, load_config
+
+from saliencybench.benchmark.config import config_from_dict, load_config
 from saliencybench.benchmark.runner import Runner, run_suite
 from saliencybench.benchmark.store import read_scores
+from saliencybench.core.errors import ConfigError
 
 register_all()
 
@@ -44,7 +45,7 @@ def test_run_writes_long_format_results_and_manifest(toy_cfg, tmp_path):
 
 def test_metric_value_matches_definition(toy_cfg, tmp_path):
     """toy_mean is the mean of the channel-summed map: recompute it independently."""
-    from _toy import grad_x_input, toy_dataset, ToyNet
+    from _toy import ToyNet, grad_x_input, toy_dataset
 
     run_suite(toy_cfg, tmp_path / "r", progress=False)
     s = read_scores(tmp_path / "r")
@@ -151,7 +152,7 @@ def test_config_errors_name_line_and_key(tmp_path):
 
 
 def test_unknown_names_in_suite_raise_with_suggestion(toy_cfg, tmp_path):
-    from saliencybench.benchmark.registry import UnknownNameError
+    from saliencybench.core.registry import UnknownNameError
 
     toy_cfg.methods = ["toy_gxj"]
     with pytest.raises(UnknownNameError, match="did you mean 'toy_gxi'"):
@@ -192,7 +193,8 @@ def test_wrong_shape_outputs_are_recorded_per_sample(toy_cfg, tmp_path):
 def test_postprocess_aliases_share_one_method_call(toy_cfg, tmp_path):
     """Aliases differing only in post-processing (the S-IxG kernel sweep) call the method once."""
     from _toy import grad_x_input
-    from saliencybench.benchmark.registry import METHODS, register_method
+
+    from saliencybench.core.registry import METHODS, register_method
 
     calls = []
 

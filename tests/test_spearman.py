@@ -7,7 +7,12 @@ import pandas as pd
 import pytest
 from scipy.stats import spearmanr
 
-from saliencybench.metrics.spearman import kernel_sweep_table, plot_spearman, spearman, spearman_matrix
+from saliencybench.benchmark.report.spearman import (
+    kernel_sweep_table,
+    plot_spearman,
+    spearman,
+    spearman_matrix,
+)
 
 
 def test_spearman_matches_scipy_with_ties():

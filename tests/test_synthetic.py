@@ -7,10 +7,16 @@ from collections import Counter
 import pytest
 import torch
 
-from saliencybench.benchmark.registry import DATASETS
-from saliencybench.benchmark.types import SampleSet
+from saliencybench.core.registry import DATASETS
+from saliencybench.core.types import SampleSet
 from saliencybench.datasets.synthetic import (
-    BLOCK, CLASS_NAMES, NUM_CLASSES, SYNTHETIC_NORMALIZATION, generate_range, render_block, synthetic,
+    BLOCK,
+    CLASS_NAMES,
+    NUM_CLASSES,
+    SYNTHETIC_NORMALIZATION,
+    generate_range,
+    render_block,
+    synthetic,
 )
 
 
@@ -22,8 +28,8 @@ def small_test() -> SampleSet:
 def test_registered_with_metadata() -> None:
     entry = DATASETS.get("synthetic")
     assert entry.obj is synthetic
-    assert entry.num_classes == NUM_CLASSES == 8
-    assert entry.has_mask is True
+    assert entry.meta["num_classes"] == NUM_CLASSES == 8
+    assert entry.meta["has_mask"] is True
 
 
 def test_shapes_dtypes_and_ids(small_test: SampleSet) -> None:

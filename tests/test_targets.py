@@ -10,11 +10,12 @@ import json
 import pandas as pd
 import pytest
 import torch
-
 from _toy import ToyNet, grad_x_input, register_all, toy_dataset
-from saliencybench.benchmark.config import ConfigError, config_from_dict, find_suite, load_config
-from saliencybench.benchmark.registry import METHODS, register_method
+
+from saliencybench.benchmark.config import config_from_dict, find_suite, load_config
 from saliencybench.benchmark.runner import run_suite
+from saliencybench.core.errors import ConfigError
+from saliencybench.core.registry import METHODS, register_method
 
 register_all()
 

@@ -9,11 +9,6 @@ import pytest
 import torch
 
 from saliencybench.benchmark.config import config_from_dict, split_spec
-from saliencybench.benchmark.registry import (
-    MODELS,
-    MissingDependencyError,
-    UnknownNameError,
-)
 from saliencybench.benchmark.runner import (
     build_model,
     match_normalization,
@@ -22,12 +17,9 @@ from saliencybench.benchmark.runner import (
     run_suite,
 )
 from saliencybench.benchmark.store import read_scores
-from saliencybench.benchmark.types import (
-    IDENTITY_NORMALIZATION,
-    Normalization,
-    SampleSet,
-)
-from saliencybench.models.layers import get_layer
+from saliencybench.core.modules import get_layer
+from saliencybench.core.registry import MODELS, MissingDependencyError, UnknownNameError
+from saliencybench.core.types import IDENTITY_NORMALIZATION, Normalization, SampleSet
 from saliencybench.models.torchvision_zoo import parse_model_spec
 
 SMALL = ["resnet18", "mobilenetv3_small_100"]

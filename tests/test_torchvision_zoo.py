@@ -6,10 +6,11 @@ import pytest
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import MODELS
+from saliencybench.core.errors import CheckpointError
+from saliencybench.core.modules import get_layer, resolve_layer
+from saliencybench.core.registry import MODELS
 from saliencybench.models import torchvision_zoo as tz
-from saliencybench.models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from saliencybench.models.layers import get_layer, resolve_layer
+from saliencybench.models.checkpoint import load_checkpoint, save_checkpoint
 
 
 def build(name: str, **kw) -> nn.Module:

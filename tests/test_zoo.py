@@ -7,11 +7,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from saliencybench.benchmark.registry import MODELS
+from saliencybench.core.errors import CheckpointError
+from saliencybench.core.modules import get_layer
+from saliencybench.core.registry import MODELS
 from saliencybench.datasets.synthetic import SYNTHETIC_NORMALIZATION, generate_range
-from saliencybench.models.layers import get_layer
 from saliencybench.models.nib import NIB_VGG_CONFIGS, NIBBatchNorm2d, nib_vgg
-from saliencybench.models.zoo import CheckpointError, checkpoint_path
+from saliencybench.models.zoo import checkpoint_path
 
 ZOO = ["sb_resnet", "sb_vgg", "sb_nibvgg"]
 
@@ -76,11 +77,11 @@ def test_nib_vgg_full_width_sizes_and_errors() -> None:
 @pytest.mark.parametrize("name", ZOO)
 def test_zoo_model_structure(name: str) -> None:
     entry = MODELS.get(name)
-    assert entry.dataset == "synthetic" and entry.input_size == (3, 64, 64)
+    assert entry.meta["dataset"] == "synthetic" and entry.meta["input_size"] == (3, 64, 64)
     model = entry.obj(pretrained=False)
     assert not model.training
     assert set(model.sb_layers) == {"input", "middle", "final", "cam"} and model.sb_layers["input"] is None
-    assert model.sb_layers == entry.layers
+    assert model.sb_layers == entry.meta["layers"]
     for key in ("middle", "final", "cam"):
         get_layer(model, model.sb_layers[key])  # raises if absent
     with torch.no_grad():
@@ -174,7 +175,8 @@ def test_train_model_smoke(tmp_path, monkeypatch) -> None:
 
 def test_shape_mismatch_outside_the_head_is_an_error(tmp_path):
     """A stale checkpoint of another width must not load silently into a chance-level model."""
-    from saliencybench.models.zoo import CheckpointError, sb_vgg
+    from saliencybench.core.errors import CheckpointError
+    from saliencybench.models.zoo import sb_vgg
 
     model = sb_vgg(pretrained=False)
     state = model.state_dict()

@@ -1,1 +1,13 @@
-"""Attribution methods; every module here is imported by the registry and registers its methods."""
+"""Attribution methods: one module per family; importing this package registers them all."""
+
+from saliencybench.attributions import (  # noqa: F401 - imported for their registrations
+    baselines,
+    cam,
+    deeplift,
+    dga,
+    fullgrad,
+    gradient,
+    lrp,
+    path,
+    perturbation,
+)

@@ -9,148 +9,16 @@ enforces that around every call (hooks, ``requires_grad``, train/eval mode resto
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
-from typing import Any, Iterator, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from saliencybench.attributions.postprocess import apply_postprocess
-from saliencybench.benchmark.registry import METHODS, Entry
-
-
-class NotApplicableError(Exception):
-    """Raised by a method that does not apply to a model (e.g. ``lrp_resnet`` on a VGG).
-
-    The runner writes no rows for that (method, model) pair, so its leaderboard cells stay
-    empty instead of showing an error.
-    """
-
-
-class ModelMutationError(RuntimeError):
-    """A method or metric changed the model's weights or buffers in place."""
-
-
-_HOOK_ATTRS = (
-    "_forward_hooks",
-    "_forward_pre_hooks",
-    "_backward_hooks",
-    "_backward_pre_hooks",
-    "_state_dict_hooks",
-    "_load_state_dict_pre_hooks",
-    "_forward_hooks_with_kwargs",
-    "_forward_pre_hooks_with_kwargs",
-    "_forward_hooks_always_called",
-)
-
-
-def _snapshot(model: nn.Module) -> dict[str, Any]:
-    return {
-        "training": {n: m.training for n, m in model.named_modules()},
-        "hooks": {
-            n: {a: dict(getattr(m, a)) for a in _HOOK_ATTRS if hasattr(m, a)}
-            for n, m in model.named_modules()
-        },
-        "requires_grad": {n: p.requires_grad for n, p in model.named_parameters()},
-        "versions": {n: t._version for n, t in _tensors(model)},
-        "tensor_hooks": {n: dict(p._backward_hooks or {}) for n, p in model.named_parameters()},
-    }
-
-
-def _tensors(model: nn.Module) -> Iterator[tuple[str, Tensor]]:
-    yield from model.named_parameters()
-    yield from ((f"buffer:{n}", b) for n, b in model.named_buffers())
-
-
-def _restore(model: nn.Module, snap: dict[str, Any]) -> list[str]:
-    """Restore modes, hooks and flags; return what had changed (for error messages)."""
-    changed: list[str] = []
-    modules = dict(model.named_modules())
-    for n, training in snap["training"].items():
-        m = modules.get(n)
-        if m is not None and m.training != training:
-            changed.append(f"mode of '{n or 'model'}'")
-            m.training = training
-    for n, hooks in snap["hooks"].items():
-        m = modules.get(n)
-        if m is None:
-            continue
-        for attr, saved in hooks.items():
-            current = getattr(m, attr)
-            if set(current) != set(saved):
-                changed.append(f"{attr} of '{n or 'model'}'")
-                current.clear()
-                current.update(saved)
-    for n, p in model.named_parameters():
-        if n in snap["requires_grad"] and p.requires_grad != snap["requires_grad"][n]:
-            changed.append(f"requires_grad of '{n}'")
-            p.requires_grad_(snap["requires_grad"][n])
-        saved_hooks = snap["tensor_hooks"].get(n, {})
-        if p._backward_hooks is not None and set(p._backward_hooks) != set(saved_hooks):
-            changed.append(f"tensor hooks of '{n}'")
-            p._backward_hooks.clear()
-            p._backward_hooks.update(saved_hooks)
-        if p.grad is not None and n in snap["requires_grad"]:
-            p.grad = None
-    return changed
-
-
-@contextlib.contextmanager
-def model_guard(model: nn.Module, *, who: str = "method") -> Iterator[nn.Module]:
-    """Run a method or metric on ``model`` and put everything back afterwards.
-
-    Modes, hooks (module and parameter), ``requires_grad`` flags and ``.grad`` are restored
-    in ``finally`` even when the body raises. A weight or buffer modified in place cannot
-    be restored without a copy, so it raises :class:`ModelMutationError` instead.
-    """
-    snap = _snapshot(model)
-    grads = {n: p.grad for n, p in model.named_parameters()}
-    ok = False
-    try:
-        yield model
-        ok = True
-    finally:
-        _restore(model, snap)
-        for n, p in model.named_parameters():
-            p.grad = grads.get(n)
-        if ok:
-            moved = [n for n, t in _tensors(model) if t._version != snap["versions"].get(n, t._version)]
-            if moved:
-                raise ModelMutationError(
-                    f"{who} modified the model in place: {', '.join(moved[:5])}"
-                    + (" ..." if len(moved) > 5 else "")
-                )
-
-
-def stable_seed(*parts: Any) -> int:
-    """A 63-bit seed from any parts, identical across processes and platforms."""
-    h = hashlib.sha256("\x1f".join(str(p) for p in parts).encode()).digest()
-    return int.from_bytes(h[:8], "little") & ((1 << 63) - 1)
-
-
-def per_sample_generators(seeds: Sequence[int]) -> list[torch.Generator]:
-    """One CPU generator per sample, so stochastic methods do not depend on batch layout."""
-    gens = []
-    for s in seeds:
-        g = torch.Generator()
-        g.manual_seed(int(s))
-        gens.append(g)
-    return gens
-
-
-def per_sample_randn(seeds: Sequence[int], shape: Sequence[int], device: torch.device | str,
-                     dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, *shape) standard normal noise, sample b drawn from its own seeded generator."""
-    gens = per_sample_generators(seeds)
-    return torch.stack([torch.randn(*shape, generator=g, dtype=dtype) for g in gens]).to(device)
-
-
-def per_sample_rand(seeds: Sequence[int], shape: Sequence[int], device: torch.device | str,
-                    dtype: torch.dtype = torch.float32) -> Tensor:
-    """(B, *shape) uniform [0,1) noise, sample b drawn from its own seeded generator."""
-    gens = per_sample_generators(seeds)
-    return torch.stack([torch.rand(*shape, generator=g, dtype=dtype) for g in gens]).to(device)
+from saliencybench.core.guard import model_guard
+from saliencybench.core.registry import METHODS, Entry
+from saliencybench.core.seeding import stable_seed
 
 
 def method_params(entry: Entry, overrides: dict[str, Any] | None = None) -> dict[str, Any]:

@@ -7,8 +7,8 @@ from typing import Sequence
 import torch
 from torch import Tensor, nn
 
-from saliencybench.attributions.base import per_sample_rand
-from saliencybench.benchmark.registry import register_method
+from saliencybench.core.registry import register_method
+from saliencybench.core.seeding import per_sample_rand
 
 
 def random_map(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int]) -> Tensor:

@@ -30,9 +30,9 @@ from saliencybench.attributions.layer import (
     resolve_cam_layer,
     target_scores,
 )
-from saliencybench.benchmark.registry import register_method
-from saliencybench.models.grid_settings import class_probabilities
-from saliencybench.models.layout import fast_layout
+from saliencybench.core.registry import register_method
+from saliencybench.core.tensors import fast_layout
+from saliencybench.core.outputs import class_probabilities
 
 
 def _weighted(acts: Tensor, weights: Tensor) -> Tensor:

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from saliencybench.attributions.gradient import NonlinearityOverride
 from saliencybench.attributions.layer import target_scores
 from saliencybench.attributions.path import _baseline_like
-from saliencybench.benchmark.registry import register_method
+from saliencybench.core.registry import register_method
 
 _EPS = 1e-10
 

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 
 from saliencybench.attributions.fullgrad import uniform_fullgrad
 from saliencybench.attributions.gradient import input_x_gradient
-from saliencybench.benchmark.registry import register_method
+from saliencybench.core.registry import register_method
 
 LOCAL_ATTRIBUTIONS = {"uniform_fullgrad": uniform_fullgrad, "ixg": input_x_gradient}
 

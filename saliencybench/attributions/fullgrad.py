@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from saliencybench.attributions.layer import target_scores
-from saliencybench.benchmark.registry import register_method
+from saliencybench.core.registry import register_method
 
 
 def _effective_bias(module: nn.Module) -> Tensor | None:

@@ -21,14 +21,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from saliencybench.attributions.base import per_sample_randn
 from saliencybench.attributions.layer import (
     forward_with_activation,
     gradient_at,
     resolve_attribution_layer,
     target_scores,
 )
-from saliencybench.benchmark.registry import METHODS, register_method
+from saliencybench.core.registry import METHODS, register_method
+from saliencybench.core.seeding import per_sample_randn
 
 _RELU_FUNCS = {F.relu, F.relu_, torch.relu, torch.relu_, Tensor.relu, Tensor.relu_}
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterator
 import torch
 from torch import Tensor, nn
 
-from saliencybench.models.layers import get_layer, resolve_layer
+from saliencybench.core.modules import get_layer, resolve_layer
 
 
 def resolve_attribution_layer(model: nn.Module, layer: str | None) -> str | None:

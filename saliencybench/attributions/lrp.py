@@ -47,8 +47,8 @@ from typing import Any
 from torch import Tensor, nn
 
 from saliencybench.attributions.lrp_engine import LRPConfig, lrp_relevance
-from saliencybench.attributions.base import NotApplicableError
-from saliencybench.benchmark.registry import register_method
+from saliencybench.core.errors import NotApplicableError
+from saliencybench.core.registry import register_method
 
 PAPER = "Otsuki et al. 2024 (ECCV), LRP with Conservation Property for ResNet"
 

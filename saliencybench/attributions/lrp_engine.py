@@ -39,8 +39,8 @@ import torch
 from torch import Tensor, nn
 
 from saliencybench.attributions.lrp_rules import (
-    LINEAR_TYPES,
     INPUT_RULES,
+    LINEAR_TYPES,
     MAXPOOL_MODES,
     POOL_TYPES,
     SPLIT_MODES,
@@ -51,10 +51,8 @@ from saliencybench.attributions.lrp_rules import (
     pool_relevance,
     split_relevance,
 )
-
-from saliencybench.models.grid_settings import class_probabilities
-from saliencybench.models.layout import fast_layout
-from saliencybench.models.precision import exact_fp32
+from saliencybench.core.tensors import exact_fp32, fast_layout
+from saliencybench.core.outputs import class_probabilities
 from saliencybench.models.nib import NIBBatchNorm2d  # noqa: E402  (BN without mean/shift, 004)
 
 PASS_TYPES = (

@@ -26,10 +26,9 @@ unmodified (``stabilizer=0``) so conservation holds to float precision.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from typing import Any
-
-import weakref
 
 import torch
 import torch.nn.functional as F

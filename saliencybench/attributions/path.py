@@ -8,6 +8,7 @@ interpolated images are evaluated in batches of ``internal_batch_size``.
 from __future__ import annotations
 
 import math
+
 import numpy as np
 import torch
 from torch import Tensor, nn
@@ -19,8 +20,8 @@ from saliencybench.attributions.layer import (
     resolve_attribution_layer,
     target_scores,
 )
-from saliencybench.benchmark.registry import register_method
-from saliencybench.models.layout import fast_layout
+from saliencybench.core.registry import register_method
+from saliencybench.core.tensors import fast_layout
 
 
 def integration_rule(steps: int, method: str = "gausslegendre") -> tuple[Tensor, Tensor]:

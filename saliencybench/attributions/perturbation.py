@@ -13,16 +13,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencybench.attributions.base import per_sample_rand
 from saliencybench.attributions.layer import (
     forward_with_activation,
     replace_layer_output,
     resolve_attribution_layer,
     target_scores,
 )
-from saliencybench.benchmark.registry import register_method
-from saliencybench.models.grid_settings import class_probabilities
-from saliencybench.models.layout import fast_layout
+from saliencybench.core.registry import register_method
+from saliencybench.core.seeding import per_sample_rand
+from saliencybench.core.tensors import fast_layout
+from saliencybench.core.outputs import class_probabilities
 
 
 def _window_masks(windows: Tensor, n_h: int, n_w: int, size: tuple[int, int], kernel: int,

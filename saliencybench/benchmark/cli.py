@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Sequence
 
 from saliencybench.benchmark.store import CURVES_FILE, RESULT_FILES
+from saliencybench.core.errors import UsageError
 
 EXAMPLES = {
     "main": """
@@ -81,10 +82,6 @@ examples:
   saliencybench train resnet50_cub --root ~/data/CUB_200_2011 --device cuda                # 000 Table A
 """,
 }
-
-
-class UsageError(Exception):
-    pass
 
 
 class _Parser(argparse.ArgumentParser):
@@ -185,7 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
 # -- commands ----------------------------------------------------------------------------------
 
 def _load_plugins(paths: Sequence[str]) -> list[str]:
-    from saliencybench.benchmark.registry import load_plugin
+    from saliencybench.core.registry import load_plugin
 
     added = []
     for path in paths:
@@ -227,7 +224,7 @@ def _suite_config(args):
 
 
 def _finish(out: Path, cfg, leaderboard: Path | None, figures: bool) -> Path:
-    from saliencybench.benchmark.report import make_figures, write_leaderboard
+    from saliencybench.benchmark.report.figures import make_figures, write_leaderboard
 
     figs = None
     if figures:
@@ -301,7 +298,7 @@ def cmd_list(args) -> int:
     import fnmatch
 
     from saliencybench.benchmark.config import list_suites, load_config
-    from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS
+    from saliencybench.core.registry import DATASETS, METHODS, METRICS, MODELS
 
     _load_plugins(args.plugin)
     if args.what == "suites":
@@ -367,7 +364,7 @@ def _list_prefixed(reg, pattern: str) -> bool:
 
 
 def cmd_leaderboard(args) -> int:
-    from saliencybench.benchmark.leaderboard import render_csv, render_latex, render_markdown
+    from saliencybench.benchmark.report.leaderboard import render_csv, render_latex, render_markdown
 
     rd = Path(args.results_dir)
     if not (rd / "scores.csv").is_file():
@@ -380,7 +377,7 @@ def cmd_leaderboard(args) -> int:
     else:
         text = render_latex(rd)
     if out:
-        from saliencybench.benchmark.store import atomic_write_text
+        from saliencybench.core.io import atomic_write_text
 
         atomic_write_text(out, text)
         print(f"wrote {out}")
@@ -392,7 +389,7 @@ def cmd_leaderboard(args) -> int:
 def cmd_compare(args) -> int:
     from saliencybench.benchmark.aggregate import ci_overlap
     from saliencybench.benchmark.config import find_suite, load_config
-    from saliencybench.benchmark.leaderboard import build_tables
+    from saliencybench.benchmark.report.leaderboard import build_tables
     from saliencybench.benchmark.runner import Runner
 
     added = [a for a in _load_plugins(args.plugin) if not a.startswith("metric:")]
@@ -447,7 +444,7 @@ def cmd_check_regression(args) -> int:
 def cmd_accept(args) -> int:
     """Copy a run's results (scores, curves, manifest, figures) into the baseline folder and
     regenerate its leaderboard: the one command that changes the committed results."""
-    from saliencybench.benchmark.report import write_leaderboard
+    from saliencybench.benchmark.report.figures import write_leaderboard
     from saliencybench.benchmark.store import read_manifest
 
     src = Path(args.new_dir)
@@ -473,8 +470,9 @@ def cmd_accept(args) -> int:
 
 
 def cmd_merge(args) -> int:
-    from saliencybench.benchmark.report import write_leaderboard
-    from saliencybench.benchmark.store import ResultStore, read_manifest, write_json
+    from saliencybench.benchmark.report.figures import write_leaderboard
+    from saliencybench.benchmark.store import ResultStore, read_manifest
+    from saliencybench.core.io import write_json
 
     out = Path(args.out)
     store = ResultStore(out)
@@ -505,7 +503,7 @@ def cmd_merge(args) -> int:
 
 
 def cmd_train(args) -> int:
-    from saliencybench.benchmark.registry import MODELS
+    from saliencybench.core.registry import MODELS
     from saliencybench.models.recipes import RECIPES, run_recipe
 
     kw = {"seed": args.seed}
@@ -552,7 +550,7 @@ COMMANDS = {
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from saliencybench.benchmark.registry import RegistryError
+    from saliencybench.core.registry import RegistryError
 
     parser = build_parser()
     args = parser.parse_args(argv)

@@ -22,13 +22,15 @@ from pathlib import Path
 from typing import Any
 
 if sys.version_info >= (3, 11):
-    import tomllib
     from importlib.resources.abc import Traversable
+
+    import tomllib
 else:  # pragma: no cover
-    import tomli as tomllib
     from importlib.abc import Traversable
 
-from saliencybench.benchmark.registry import RegistryError
+    import tomli as tomllib
+
+from saliencybench.core.errors import ConfigError
 
 SUITES_PACKAGE = "saliencybench.configs"
 
@@ -50,10 +52,6 @@ _SUITE_KEYS: dict[str, tuple[type, ...]] = {
     "autocast": (str, bool),
     "figures": (bool,),
 }
-
-
-class ConfigError(RegistryError):
-    """A malformed or inconsistent suite configuration (exit code 2)."""
 
 
 @dataclass
@@ -246,7 +244,7 @@ def split_spec(spec: str) -> tuple[str, str | None]:
     A registered model prefix is part of the name: ``timm:resnet18`` -> ("timm:resnet18", None)
     and ``timm:resnet50:a1_in1k`` -> ("timm:resnet50", "a1_in1k").
     """
-    from saliencybench.benchmark.registry import MODELS
+    from saliencybench.core.registry import MODELS
 
     prefix = MODELS.prefix_of(spec)
     head = ""

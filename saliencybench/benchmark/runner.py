@@ -30,26 +30,22 @@ from tqdm.auto import tqdm
 
 import saliencybench
 from saliencybench.attributions.base import (
-    NotApplicableError,
     compute_attribution,
     finish_attribution,
     method_params,
-    model_guard,
     raw_attribution,
-    stable_seed,
 )
-from saliencybench.benchmark.config import ConfigError, SuiteConfig, split_spec
-from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
-from saliencybench.benchmark.store import (
-    AttributionCache,
-    ResultStore,
-    config_key,
-    write_json,
-)
-from saliencybench.benchmark.types import Batch, EvalContext, MetricOutput, SampleSet
+from saliencybench.benchmark.config import SuiteConfig, split_spec
+from saliencybench.benchmark.store import AttributionCache, ResultStore
+from saliencybench.core.errors import ConfigError, NotApplicableError
+from saliencybench.core.guard import model_guard
+from saliencybench.core.io import config_key, write_json
+from saliencybench.core.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
+from saliencybench.core.seeding import stable_seed
+from saliencybench.core.tensors import autocast, exact_fp32
+from saliencybench.core.types import Batch, EvalContext, MetricOutput, SampleSet
 from saliencybench.metrics.base import Metric
 from saliencybench.metrics.perturbation import PerturbationCurve
-from saliencybench.models.precision import exact_fp32
 
 
 @dataclass
@@ -486,8 +482,8 @@ class Runner:
 
     def _qualitative(self, ds_name: str, model_spec: str, samples: SampleSet, n: int = 4) -> None:
         """A few images x methods from the cache (Otsuki et al. 2024 Fig. 5 style)."""
-        from saliencybench.benchmark.plots import qualitative_grid
-        from saliencybench.benchmark.store import _safe
+        from saliencybench.benchmark.report.plots import qualitative_grid
+        from saliencybench.core.io import safe_filename as _safe
 
         chunks = self._chunks(len(samples))
         if not chunks or chunks[0][0] != 0:
@@ -597,13 +593,10 @@ class Runner:
 
     def _autocast(self):
         """bf16/fp16 autocast of the metrics' model forwards (CUDA only; off by default)."""
-        mode = str(self.cfg.autocast).lower()
-        if mode in ("off", "false", "none", "") or self.device.type != "cuda":
-            return contextlib.nullcontext()
-        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "true": torch.bfloat16}.get(mode)
-        if dtype is None:
-            raise ConfigError(f"autocast must be off, bf16 or fp16, got {self.cfg.autocast!r}")
-        return torch.autocast(device_type="cuda", dtype=dtype)
+        try:
+            return autocast(self.device, self.cfg.autocast)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
 
     def _method_record(self, method: str) -> dict[str, Any]:
         """What run.json records of a method: the inputs that decide its attributions."""

@@ -17,12 +17,8 @@ Layout of a results directory::
 from __future__ import annotations
 
 import gzip
-import hashlib
 import io
 import json
-import os
-import re
-import tempfile
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -30,69 +26,14 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from saliencybench.core.errors import ResultsError
+from saliencybench.core.io import atomic_write_bytes, atomic_write_text, read_verified, safe_filename
+
 SCORE_COLUMNS = ["suite", "dataset", "model", "method", "metric", "sample_id", "value", "status"]
 CURVE_COLUMNS = ["suite", "dataset", "model", "method", "metric", "sample_id", "step", "x", "value"]
 SORT_KEYS = ["dataset", "model", "method", "metric", "sample_id"]
 CURVES_FILE = "curves.csv.gz"
 RESULT_FILES = ("scores.csv", CURVES_FILE, "run.json")  # what a baseline keeps of a run
-
-
-class CorruptFileError(RuntimeError):
-    pass
-
-
-def _safe(name: str) -> str:
-    """A file-system safe rendering of a registry name (aliases may contain '@', ':')."""
-    return re.sub(r"[^A-Za-z0-9_.=+-]", "_", name)
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()
-
-
-def atomic_write_bytes(path: Path, data: bytes, *, checksum: bool = True) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        if checksum:
-            side = path.with_name(path.name + ".sha256")
-            fd2, tmp2 = tempfile.mkstemp(dir=path.parent, prefix=f".{side.name}.", suffix=".tmp")
-            with os.fdopen(fd2, "w") as f:
-                f.write(digest(data))
-            # data first, then its checksum: a kill between the two leaves a mismatch -> recompute
-            os.replace(tmp, path)
-            os.replace(tmp2, side)
-        else:
-            os.replace(tmp, path)
-    finally:
-        for t in (tmp,):
-            if os.path.exists(t):
-                os.unlink(t)
-
-
-def atomic_write_text(path: Path, text: str, *, checksum: bool = False) -> None:
-    atomic_write_bytes(path, text.encode(), checksum=checksum)
-
-
-def read_verified(path: Path) -> bytes | None:
-    """File contents if the file and a matching checksum sidecar exist, else None."""
-    side = path.with_name(path.name + ".sha256")
-    if not path.is_file() or not side.is_file():
-        return None
-    data = path.read_bytes()
-    if side.read_text().strip() != digest(data):
-        return None
-    return data
-
-
-def config_key(obj: Any) -> str:
-    """Short stable hash of a JSON-able description (method params, dataset params, ...)."""
-    blob = json.dumps(obj, sort_keys=True, default=str).encode()
-    return hashlib.sha256(blob).hexdigest()[:12]
 
 
 class AttributionCache:
@@ -102,7 +43,7 @@ class AttributionCache:
         self.root = Path(root)
 
     def _dir(self, dataset: str, model: str, method: str, key: str) -> Path:
-        return self.root / _safe(dataset) / _safe(model) / f"{_safe(method)}-{key}"
+        return self.root / safe_filename(dataset) / safe_filename(model) / f"{safe_filename(method)}-{key}"
 
     def get(self, dataset: str, model: str, method: str, key: str, chunk: int,
             sample_ids: Sequence[str]) -> Tensor | None:
@@ -121,17 +62,17 @@ class AttributionCache:
             sample_ids: Sequence[str], maps: Tensor) -> None:
         buf = io.BytesIO()
         torch.save({"sample_ids": list(sample_ids), "maps": maps.detach().cpu().contiguous()}, buf)
-        atomic_write_bytes(self._dir(dataset, model, method, key) / f"{chunk:05d}.pt", buf.getvalue())
+        atomic_write_bytes(self._dir(dataset, model, method, key) / f"{chunk:05d}.pt", buf.getvalue(), checksum=True)
         self._index(dataset, model, method, key)
 
     def _index(self, dataset: str, model: str, method: str, key: str) -> None:
-        latest = self.root / _safe(dataset) / _safe(model) / f"{_safe(method)}.latest"
+        latest = self.root / safe_filename(dataset) / safe_filename(model) / f"{safe_filename(method)}.latest"
         if not latest.exists() or latest.read_text() != key:
             atomic_write_text(latest, key)
 
     def load(self, dataset: str, model: str, method: str) -> tuple[list[str], Tensor]:
         """All cached maps of the latest parameters for (dataset, model, method), in order."""
-        latest = self.root / _safe(dataset) / _safe(model) / f"{_safe(method)}.latest"
+        latest = self.root / safe_filename(dataset) / safe_filename(model) / f"{safe_filename(method)}.latest"
         if not latest.is_file():
             raise FileNotFoundError(f"no cached attributions for {dataset}/{model}/{method} in {self.root}")
         d = self._dir(dataset, model, method, latest.read_text().strip())
@@ -165,16 +106,16 @@ class ResultStore:
         return n
 
     def part_path(self, dataset: str, model: str, method: str, metrics: Iterable[str], chunk: int) -> Path:
-        tag = "+".join(sorted(_safe(m) for m in metrics))
-        return self.parts / _safe(dataset) / _safe(model) / _safe(method) / f"{tag}.{chunk:05d}.csv"
+        tag = "+".join(sorted(safe_filename(m) for m in metrics))
+        return self.parts / safe_filename(dataset) / safe_filename(model) / safe_filename(method) / f"{tag}.{chunk:05d}.csv"
 
     def has_part(self, path: Path) -> bool:
         return read_verified(path) is not None and read_verified(_curves_path(path)) is not None
 
     def write_part(self, path: Path, scores: pd.DataFrame, curves: pd.DataFrame) -> None:
         # curves first: a part counts as done only when its scores file verifies too
-        atomic_write_bytes(_curves_path(path), _to_csv(curves, CURVE_COLUMNS).encode())
-        atomic_write_bytes(path, _to_csv(scores, SCORE_COLUMNS).encode())
+        atomic_write_bytes(_curves_path(path), _to_csv(curves, CURVE_COLUMNS).encode(), checksum=True)
+        atomic_write_bytes(path, _to_csv(scores, SCORE_COLUMNS).encode(), checksum=True)
 
     def read_parts(self) -> tuple[pd.DataFrame, pd.DataFrame, list[Path]]:
         """All verified parts (and the list of corrupt ones that will be recomputed)."""
@@ -201,7 +142,7 @@ class ResultStore:
         c = c.sort_values(SORT_KEYS + ["step"], kind="mergesort").reset_index(drop=True)
         atomic_write_text(self.root / "scores.csv", _to_csv(s, SCORE_COLUMNS))
         atomic_write_bytes(self.root / CURVES_FILE,
-                           gzip.compress(_to_csv(c, CURVE_COLUMNS).encode(), compresslevel=9, mtime=0), checksum=False)
+                           gzip.compress(_to_csv(c, CURVE_COLUMNS).encode(), compresslevel=9, mtime=0))
         (self.root / "curves.csv").unlink(missing_ok=True)  # an older run's uncompressed curves
         return s, c
 
@@ -244,8 +185,4 @@ def read_manifest(results_dir: Path) -> dict[str, Any]:
     try:
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
-        raise CorruptFileError(f"{path}:{e.lineno}: not a valid run manifest ({e.msg})") from None
-
-
-def write_json(path: Path, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+        raise ResultsError(f"{path}:{e.lineno}: not a valid run manifest ({e.msg})") from None

@@ -20,10 +20,11 @@ from typing import Any, Callable
 import torch
 from torch import Tensor
 
-from saliencybench.benchmark.registry import register_dataset
-from saliencybench.benchmark.types import Normalization, SampleSet
-from saliencybench.datasets.errors import DataRootError, resolve_root
+from saliencybench.core.errors import DataRootError
+from saliencybench.core.registry import register_dataset
+from saliencybench.core.types import Normalization, SampleSet
 from saliencybench.datasets.imagenet import _warn_unused
+from saliencybench.datasets.roots import resolve_root
 from saliencybench.datasets.sampling import class_balanced_indices
 
 ENV_VAR = "SALIENCYBENCH_CIFAR"

@@ -36,9 +36,9 @@ from typing import Any, Sequence
 import torch
 from torch import Tensor, nn
 
-from saliencybench.benchmark.registry import DATASETS, register_dataset
-from saliencybench.benchmark.types import Batch, SampleSet
-from saliencybench.datasets.errors import SetupError
+from saliencybench.core.errors import GridSelectionError
+from saliencybench.core.registry import DATASETS, register_dataset
+from saliencybench.core.types import Batch, SampleSet
 from saliencybench.models.grid_settings import SETTINGS, GridSetting, cell_masks, cells_to_grid
 
 #: Thresholds tried, in order, below the requested one when too few images qualify
@@ -48,10 +48,6 @@ THRESHOLD_SCHEDULE = (0.99, 0.95, 0.9, 0.8, 0.7, 0.5, 0.0)
 
 class GridThresholdWarning(UserWarning):
     """The confidence threshold was lowered because too few images qualified."""
-
-
-class GridSelectionError(SetupError):
-    """Too few images reach the confidence threshold and lowering it is not allowed."""
 
 
 def scored_cells(setting: str, n: int) -> list[int]:

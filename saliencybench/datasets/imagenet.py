@@ -28,9 +28,10 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from saliencybench.benchmark.registry import register_dataset
-from saliencybench.benchmark.types import IMAGENET_NORMALIZATION, SampleSet
-from saliencybench.datasets.errors import DataRootError, require_dir, resolve_root
+from saliencybench.core.errors import DataRootError
+from saliencybench.core.registry import register_dataset
+from saliencybench.core.types import IMAGENET_NORMALIZATION, SampleSet
+from saliencybench.datasets.roots import require_dir, resolve_root
 from saliencybench.datasets.sampling import class_balanced_indices
 
 ENV_VAR = "SALIENCYBENCH_IMAGENET"

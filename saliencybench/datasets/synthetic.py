@@ -24,8 +24,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliencybench.benchmark.registry import register_dataset
-from saliencybench.benchmark.types import Normalization, SampleSet
+from saliencybench.core.registry import register_dataset
+from saliencybench.core.types import Normalization, SampleSet
 from saliencybench.datasets.sampling import class_balanced_indices
 
 CLASS_NAMES: tuple[str, ...] = (
@@ -196,7 +196,9 @@ def generate_range(
         g = torch.Generator().manual_seed(_block_seed(seed, split, b))
         p, y, m = render_block(BLOCK, g, size)
         lo, hi = max(start - b * BLOCK, 0), min(stop - b * BLOCK, BLOCK)
-        pix.append(p[lo:hi]); lab.append(y[lo:hi]); msk.append(m[lo:hi])
+        pix.append(p[lo:hi])
+        lab.append(y[lo:hi])
+        msk.append(m[lo:hi])
     if not pix:
         return (torch.empty(0, 3, size, size), torch.empty(0, dtype=torch.long),
                 torch.empty(0, 1, size, size, dtype=torch.bool))

@@ -1,1 +1,9 @@
-"""Metrics; every module here is imported by the registry and registers its metrics."""
+"""Evaluation metrics; importing this package registers them all."""
+
+from saliencybench.metrics import (  # noqa: F401 - imported for their registrations
+    conservation,
+    localization,
+    mia,
+    perturbation,
+    quantus_adapter,
+)

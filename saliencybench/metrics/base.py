@@ -16,7 +16,7 @@ if TYPE_CHECKING:
 
 from torch import Tensor
 
-from saliencybench.benchmark.types import EvalContext, MetricOutput
+from saliencybench.core.types import EvalContext, MetricOutput
 
 
 class Metric:

@@ -29,9 +29,9 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saliencybench.attributions.base import model_guard
-from saliencybench.benchmark.registry import METHODS, register_metric
-from saliencybench.benchmark.types import EvalContext, MetricOutput
+from saliencybench.core.guard import model_guard
+from saliencybench.core.registry import METHODS, register_metric
+from saliencybench.core.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
 
 CHECKPOINTS = ("input", "first_block", "last_block")
@@ -67,7 +67,8 @@ class ConservationError(Metric):
     @classmethod
     def report(cls, results_dir: Path, scores: "Any", cache: Any) -> list[Path]:
         """001 Fig. 7-like scatter per (dataset, model) from the stored sums."""
-        from saliencybench.benchmark.store import _safe, read_curves
+        from saliencybench.benchmark.store import read_curves
+        from saliencybench.core.io import safe_filename as _safe
 
         df = rows_from_curves(read_curves(Path(results_dir)))
         paths = []
@@ -184,7 +185,7 @@ def conservation_figure(df: "Any", out_png: str | Path) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saliencybench.benchmark.plots import save_figure
+    from saliencybench.benchmark.report.plots import save_figure
 
     out_png = Path(out_png)
     cps = [c for c in CHECKPOINTS if c in set(df["checkpoint"])] or sorted(set(df["checkpoint"]))

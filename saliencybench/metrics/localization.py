@@ -26,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliencybench.benchmark.registry import DATASETS, METHODS, METRICS, register_metric
-from saliencybench.benchmark.types import EvalContext, MetricOutput
+from saliencybench.core.io import safe_filename
+from saliencybench.core.registry import DATASETS, METHODS, METRICS, register_metric
+from saliencybench.core.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
 
 EPS_TOTAL = 1e-7
@@ -241,7 +242,7 @@ def localization_status(scores, metric_names: list[str], manifest: dict[str, Any
     is never silent."""
     import pandas as pd
 
-    from saliencybench.benchmark.registry import METHODS
+    from saliencybench.core.registry import METHODS
 
     rows = scores[scores["metric"].isin(metric_names)].copy()
     if rows.empty:
@@ -302,7 +303,7 @@ def plot_localization_boxes(df, path: Path, *, model: str) -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saliencybench.benchmark.plots import save_figure
+    from saliencybench.benchmark.report.plots import save_figure
 
     settings = [s for s in ("gridpg", "difull", "dipart") if s in set(df["setting"])]
     settings += sorted(set(df["setting"]) - set(settings))
@@ -345,10 +346,6 @@ def plot_localization_boxes(df, path: Path, *, model: str) -> Path:
     return save_figure(fig, path, tight=False)
 
 
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.-]+", "-", str(name))
-
-
 def align_to_top_left(maps: Tensor, cells: list[int], n: int) -> Tensor:
     """Cyclically shift each map by whole cells so that its scored cell becomes the top-left
     one (a permutation of the cells: localization w.r.t. the moved cell is unchanged)."""
@@ -381,11 +378,16 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
     """
     import pandas as pd
 
-    from saliencybench.metrics.aggatt import (
-        DEFAULT_PERCENTILES, aggatt_bins, bin_median_positions, bin_scores, plot_aggatt,
-        plot_aggatt_examples, sort_by_localization,
+    from saliencybench.benchmark.report.aggatt import (
+        DEFAULT_PERCENTILES,
+        aggatt_bins,
+        bin_median_positions,
+        bin_scores,
+        plot_aggatt,
+        plot_aggatt_examples,
+        sort_by_localization,
     )
-    from saliencybench.metrics.spearman import kernel_sweep_table, plot_spearman, spearman_matrix
+    from saliencybench.benchmark.report.spearman import kernel_sweep_table, plot_spearman, spearman_matrix
     from saliencybench.models.grid_settings import cell_masks
 
     manifest = _manifest(results_dir)
@@ -420,7 +422,7 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
     paths.append(md)
 
     for model, sub in df.groupby("model", sort=False):
-        paths.append(plot_localization_boxes(sub, fig_dir / f"localization_boxes_{_safe(model)}.png", model=model))
+        paths.append(plot_localization_boxes(sub, fig_dir / f"localization_boxes_{safe_filename(model)}.png", model=model))
 
     # AggAtt from cached maps
     bin_rows = []
@@ -464,11 +466,11 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
                 view = {"align": "scored cell moved to the top-left", "all": "every cell in place"}.get(
                     str(aggatt_cell), f"cell {aggatt_cell} only")
                 box = 0 if aggatt_cell in ("align", "all") else int(aggatt_cell)
-                paths.append(plot_aggatt(rows, fig_dir / f"aggatt_{_safe(setting)}_{_safe(model)}.png",
+                paths.append(plot_aggatt(rows, fig_dir / f"aggatt_{safe_filename(setting)}_{safe_filename(model)}.png",
                                          title=f"AggAtt {setting} {model} ({view})", n=n,
                                          cell=box if aggatt_cell != "all" else -1))
                 paths.append(plot_aggatt_examples(
-                    examples, fig_dir / f"aggatt_examples_{_safe(setting)}_{_safe(model)}.png",
+                    examples, fig_dir / f"aggatt_examples_{safe_filename(setting)}_{safe_filename(model)}.png",
                     title=f"AggAtt examples {setting} {model}: map of each bin's median sample ({view})",
                     n=n, cell=box if aggatt_cell != "all" else -1))
     if bin_rows:
@@ -481,7 +483,7 @@ def localization_report(results_dir: Path, scores, cache, *, metric_class: type 
         if sub["method"].nunique() < 2:
             continue
         mat = spearman_matrix(sub, label="method", order=_label_order(sub))
-        stem = f"spearman_{_safe(setting)}_{_safe(model)}"
+        stem = f"spearman_{safe_filename(setting)}_{safe_filename(model)}"
         mat.to_csv(fig_dir / f"{stem}.csv", float_format="%.4f")
         paths.append(fig_dir / f"{stem}.csv")
         paths.append(plot_spearman(mat, fig_dir / f"{stem}.png", title=f"Spearman's rho, {setting}, {model}"))

@@ -39,10 +39,10 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from saliencybench.benchmark.registry import register_metric
-from saliencybench.benchmark.types import EvalContext, MetricOutput
+from saliencybench.core.registry import register_metric
+from saliencybench.core.tensors import fast_layout
+from saliencybench.core.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
-from saliencybench.models.layout import fast_layout
 
 
 def minmax_per_channel(a: Tensor) -> Tensor:

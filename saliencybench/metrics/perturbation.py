@@ -53,7 +53,6 @@ Explicit parameters always override the preset.
 from __future__ import annotations
 
 import math
-from contextlib import nullcontext
 from dataclasses import asdict, dataclass, fields
 from typing import Any, Hashable, Sequence
 
@@ -61,13 +60,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from saliencybench.attributions.base import per_sample_rand, stable_seed
 from saliencybench.attributions.postprocess import gaussian_smooth
-from saliencybench.benchmark.registry import register_metric
-from saliencybench.benchmark.types import EvalContext, MetricOutput, Normalization
+from saliencybench.core.registry import register_metric
+from saliencybench.core.seeding import per_sample_rand, stable_seed
+from saliencybench.core.tensors import autocast, fast_layout
+from saliencybench.core.types import EvalContext, MetricOutput, Normalization
 from saliencybench.metrics.base import Metric
-from saliencybench.models.grid_settings import class_probabilities
-from saliencybench.models.layout import fast_layout
+from saliencybench.core.outputs import class_probabilities
 
 KINDS = ("insertion", "deletion", "id_score", "lerf", "morf", "lerf_morf_gap")
 SUBSTRATES = ("black", "zero", "mean", "blur", "min")
@@ -360,16 +359,10 @@ class CurveEngine:
         return out
 
 
-def _autocast(device: torch.device, amp: str | None):
-    if amp is None or device.type != "cuda":
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if amp == "bf16" else torch.float16)
-
-
 @torch.no_grad()
 def _target_scores(model: torch.nn.Module, images: Tensor, target: Tensor, output: str,
                    amp: str | None) -> Tensor:
-    with _autocast(images.device, amp):
+    with autocast(images.device, amp):
         logits = model(fast_layout(images))
     logits = logits.float()
     if output == "softmax":
@@ -381,7 +374,7 @@ def _target_scores(model: torch.nn.Module, images: Tensor, target: Tensor, outpu
 def predict_logits(model: torch.nn.Module, x: Tensor, max_batch: int, amp: str | None = None) -> Tensor:
     outs = []
     for i in range(0, x.shape[0], max(1, max_batch)):
-        with _autocast(x.device, amp):
+        with autocast(x.device, amp):
             outs.append(model(fast_layout(x[i:i + max_batch])).float())
     return torch.cat(outs)
 
@@ -525,7 +518,7 @@ class PerturbationCurve(Metric):
         if need_orig:
             logits = predict_logits(model, xv, max_batch, s0.amp)
             target = logits.argmax(1) if s0.target == "predicted" else labels
-            row = engine.request(ms[0].name, "black", True, n_units)
+            engine.request(ms[0].name, "black", True, n_units)
             probs = class_probabilities(model, logits) if s0.output == "softmax" else logits
             scores_pre = probs.gather(1, target.view(-1, 1)).view(1, -1)
             ctx.count_forwards(ms[0].name, xv.shape[0])

@@ -42,8 +42,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from saliencybench.benchmark.registry import METHODS, register_metric
-from saliencybench.benchmark.types import EvalContext, MetricOutput
+from saliencybench.core.registry import METHODS, register_metric
+from saliencybench.core.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
 
 INSTALL_HINT = "pip install 'saliency-bench[quantus]'"

@@ -1,1 +1,7 @@
-"""Models; every module here is imported by the registry and registers its models."""
+"""Models (the embedded zoo, torchvision, timm); importing this package registers them."""
+
+from saliencybench.models import (  # noqa: F401 - imported for their registrations
+    timm_zoo,
+    torchvision_zoo,
+    zoo,
+)

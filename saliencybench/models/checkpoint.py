@@ -9,21 +9,17 @@ DistributedDataParallel) or ``_orig_mod.`` (``torch.compile``) are accepted too.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
 import torch
 from torch import Tensor, nn
 
-from saliencybench.datasets.errors import SetupError
+from saliencybench.core.errors import CheckpointError
+from saliencybench.core.io import atomic_torch_save
 
 STATE_KEYS = ("state_dict", "model_state_dict", "model")
 _PREFIXES = ("module.", "_orig_mod.")
-
-
-class CheckpointError(SetupError):
-    """A checkpoint file is missing, unreadable, or does not fit the model."""
 
 
 def read_state_dict(path: str | Path) -> dict[str, Tensor]:
@@ -106,12 +102,5 @@ def save_checkpoint(path: str | Path, model: nn.Module, **extra: Any) -> Path:
     p = Path(path).expanduser()
     p.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(prefix=p.name + ".", suffix=".tmp", dir=p.parent)
-    os.close(fd)
-    try:
-        torch.save({"state_dict": state, **extra}, tmp)
-        os.replace(tmp, p)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    atomic_torch_save(p, {"state_dict": state, **extra})
     return p

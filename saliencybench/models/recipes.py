@@ -223,7 +223,7 @@ def cub_data(root: str | Path | None, *, image_size: int = 224, val_size: int = 
     """
     from torchvision import transforms as T
 
-    from saliencybench.benchmark.types import IMAGENET_NORMALIZATION
+    from saliencybench.core.types import IMAGENET_NORMALIZATION
     from saliencybench.datasets.cub import CUBImages, load_split
 
     meta, splits = load_split(root, val_size=val_size, split_seed=split_seed)
@@ -247,7 +247,7 @@ def train_nib_vgg_cifar(model: str = "nib_vgg16", dataset: str = "cifar10", *, r
     The test split is evaluated after every epoch (reported, never used for stopping).
     Default checkpoint: ``checkpoints/<model>_<dataset>.pt``.
     """
-    from saliencybench.benchmark.registry import MODELS
+    from saliencybench.core.registry import MODELS
 
     if dataset not in ("cifar10", "cifar100"):
         raise ValueError(f"dataset must be cifar10 or cifar100, got {dataset!r}")

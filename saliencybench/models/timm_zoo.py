@@ -41,13 +41,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import (
-    MODELS,
-    Entry,
-    MissingDependencyError,
-    UnknownNameError,
-)
-from saliencybench.benchmark.types import Normalization
+from saliencybench.core.registry import MODELS, Entry, MissingDependencyError, UnknownNameError
+from saliencybench.core.types import Normalization
 from saliencybench.models.checkpoint import load_checkpoint
 
 PREFIX = "timm"

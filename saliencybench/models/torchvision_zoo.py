@@ -28,7 +28,8 @@ from typing import Any, Callable
 import torch
 from torch import nn
 
-from saliencybench.benchmark.registry import MODELS, register_model
+from saliencybench.core.errors import WeightsError
+from saliencybench.core.registry import MODELS, register_model
 from saliencybench.models.checkpoint import load_checkpoint
 
 ARCHS: dict[str, dict[str, Any]] = {
@@ -49,10 +50,6 @@ NIB_SIZES: dict[str, str] = {
     "nib_vgg13": "vgg13",
     "nib_vgg16": "vgg16",
 }
-
-
-class WeightsError(ValueError):
-    """An unknown weights name for an architecture."""
 
 
 # -- specs and weights ------------------------------------------------------------------------

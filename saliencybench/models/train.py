@@ -10,8 +10,6 @@ The optimiser is AdamW with a one-cycle learning-rate schedule.
 
 from __future__ import annotations
 
-import os
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -20,7 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencybench.benchmark.registry import MODELS
+from saliencybench.core.io import atomic_torch_save
+from saliencybench.core.registry import MODELS
 from saliencybench.datasets.synthetic import SPLIT_SIZES, SYNTHETIC_NORMALIZATION, generate_range
 
 #: Per-model defaults; the shipped checkpoints were trained with exactly these.
@@ -65,21 +64,6 @@ def evaluate_accuracy(model: nn.Module, *, split: str = "test", n: int | None = 
     finally:
         model.train(was_training)
     return correct / max(total, 1)
-
-
-def _save_atomic(state: dict[str, Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        torch.save(state, tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600 files; checkpoints ship readable
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
 
 
 def train_model(
@@ -157,7 +141,7 @@ def train_model(
     path: Path | None = None
     if out != "":
         path = Path(out) if out is not None else Path(__file__).resolve().parent / "checkpoints" / f"{name}.pt"
-        _save_atomic({k: v.detach().cpu().clone() for k, v in model.state_dict().items()}, path)
+        atomic_torch_save(path, {k: v.detach().cpu().clone() for k, v in model.state_dict().items()})
     if progress:
         print(f"{name}: test accuracy {acc:.4f} (val {val_acc:.4f}), {epochs} epochs, {seconds:.0f} s"
               + (f", saved {path}" if path else ""))

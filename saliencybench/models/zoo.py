@@ -23,15 +23,12 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from saliencybench.benchmark.registry import register_model
+from saliencybench.core.errors import CheckpointError
+from saliencybench.core.registry import register_model
 from saliencybench.datasets.synthetic import NUM_CLASSES
 from saliencybench.models.nib import nib_vgg
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-
-
-class CheckpointError(RuntimeError):
-    """A shipped or user checkpoint is missing, unreadable, or does not fit the model."""
 
 
 # --- architectures ------------------------------------------------------------------------

@@ -6,10 +6,11 @@ import sys
 import traceback
 from pathlib import Path
 
-from saliencybench.benchmark.leaderboard import render_markdown
-from saliencybench.benchmark.plots import curve_figures, distribution_figures
-from saliencybench.benchmark.registry import METRICS
-from saliencybench.benchmark.store import AttributionCache, atomic_write_text, read_curves, read_scores
+from saliencybench.benchmark.report.leaderboard import render_markdown
+from saliencybench.benchmark.report.plots import curve_figures, distribution_figures
+from saliencybench.benchmark.store import AttributionCache, read_curves, read_scores
+from saliencybench.core.io import atomic_write_text
+from saliencybench.core.registry import METRICS
 
 
 def make_figures(results_dir: Path, *, metric_bases: dict[str, str] | None = None) -> list[Path]:

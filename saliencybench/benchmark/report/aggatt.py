@@ -178,7 +178,7 @@ def _plot_rows(rows: dict[str, Tensor], path: Path, *, col_titles: Sequence[str]
     import matplotlib.pyplot as plt
     import numpy as np
 
-    from saliencybench.benchmark.plots import save_figure
+    from saliencybench.benchmark.report.plots import save_figure
 
     labels = list(rows)
     nb = len(col_titles)

@@ -52,7 +52,7 @@ LEGEND = (
 
 
 def metric_directions(manifest: dict[str, Any], metrics: list[str]) -> dict[str, bool]:
-    from saliencybench.benchmark.registry import METRICS
+    from saliencybench.core.registry import METRICS
 
     out = {}
     for m in metrics:
@@ -74,7 +74,7 @@ def metric_directions(manifest: dict[str, Any], metrics: list[str]) -> dict[str,
 
 def _metric_class_and_record(manifest: dict[str, Any], metric: str) -> tuple[type | None, dict[str, Any]]:
     """The registered class of ``metric`` and its parameter record (run.json, else the config)."""
-    from saliencybench.benchmark.registry import METRICS
+    from saliencybench.core.registry import METRICS
 
     cfg_params = dict(manifest.get("config", {}).get("metrics", {}).get(metric, {}))
     base = str(cfg_params.pop("base", metric))
@@ -166,7 +166,7 @@ def _paper_measured(p: dict[str, Any], cell: pd.DataFrame, scores: pd.DataFrame,
     table's only metric), over the samples both have."""
     if "versus" not in p:
         return float(cell["mean"].get((p["method"], p["metric"]), np.nan))
-    from saliencybench.metrics.spearman import spearman_versus
+    from saliencybench.benchmark.report.spearman import spearman_versus
 
     of = p.get("of") or (metrics[0] if len(metrics) == 1 else None)
     if of is None:

@@ -11,39 +11,8 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Sequence
 
-
-class SetupError(RuntimeError):
-    """Something the user has to provide (data, weights, a checkpoint) is missing or broken.
-
-    The CLI reports these with their message and exit code 1, without a traceback.
-    """
-
-
-class DataRootError(SetupError):
-    """A dataset root is missing or malformed.
-
-    Attributes:
-        dataset: registry name of the dataset.
-        root: the directory that was searched.
-        expected: the paths (relative to ``root`` or absolute) that were expected.
-        fix: what would fix it (a command, URL or instruction).
-    """
-
-    def __init__(self, dataset: str, root: str | Path, problem: str, *,
-                 expected: Sequence[str] = (), fix: str = "") -> None:
-        self.dataset = dataset
-        self.root = str(root)
-        self.expected = list(expected)
-        self.fix = fix
-        msg = f"{dataset}: {problem}"
-        if self.expected:
-            shown = ", ".join(self.expected[:4]) + (" ..." if len(self.expected) > 4 else "")
-            msg += f" (expected {shown} in {self.root})"
-        if fix:
-            msg += f"; {fix}"
-        super().__init__(msg)
+from saliencybench.core.errors import DataRootError, SetupError  # noqa: F401
 
 
 def default_root(name: str, env_var: str) -> Path:

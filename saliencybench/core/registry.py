@@ -12,34 +12,22 @@ names raise :class:`DuplicateNameError`.
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
-import importlib
 import importlib.util
-import pkgutil
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Generic, Iterable, Iterator, TypeVar
 
+from saliencybench.core.errors import (  # noqa: F401 - the registry's errors, importable from here
+    DuplicateNameError,
+    MissingDependencyError,
+    RegistryError,
+    UnknownNameError,
+)
+from saliencybench.core.names import did_you_mean
+
 T = TypeVar("T")
-
-
-class RegistryError(ValueError):
-    """Base class of registry errors (usage errors: the CLI exits with code 2)."""
-
-
-class UnknownNameError(RegistryError, KeyError):
-    def __str__(self) -> str:  # KeyError would quote the message
-        return str(self.args[0])
-
-
-class DuplicateNameError(RegistryError):
-    pass
-
-
-class MissingDependencyError(RegistryError, ImportError):
-    """A name needs an optional dependency that is not installed (a usage error: exit code 2)."""
 
 
 @dataclass(frozen=True)
@@ -67,30 +55,19 @@ class Entry(Generic[T]):
     kind: str
     meta: dict[str, Any] = field(default_factory=dict)
 
-    def __getattr__(self, key: str) -> Any:
-        # Convenience: entry.family, entry.higher_is_better, ...
-        meta = object.__getattribute__(self, "meta")
-        if key in meta:
-            return meta[key]
-        raise AttributeError(f"{self.kind} '{self.name}' has no attribute or metadata '{key}'")
-
 
 class Registry(Generic[T]):
     """A name -> :class:`Entry` mapping with wildcard listing and helpful errors."""
 
-    def __init__(self, kind: str, populate: Callable[[], None] | None = None) -> None:
+    def __init__(self, kind: str) -> None:
         self.kind = kind
         self._entries: dict[str, Entry[T]] = {}
-        self._populate = populate
-        self._populated = False
         self._prefixes: dict[str, Prefix] = {}
         self._dynamic: dict[str, Entry[T]] = {}
 
     # -- population -------------------------------------------------------------------------
     def _ensure(self) -> None:
-        if not self._populated and self._populate is not None:
-            self._populated = True
-            self._populate()
+        populate()
 
     # -- registration -----------------------------------------------------------------------
     def add(self, name: str, obj: T, **meta: Any) -> Entry[T]:
@@ -162,8 +139,7 @@ class Registry(Generic[T]):
     def _unknown_message(self, name: str) -> str:
         if name in self._prefixes:
             return f"unknown {self.kind} '{name}'; '{name}:' is a prefix: {self._prefixes[name].describe()}"
-        close = difflib.get_close_matches(name, list(self._entries), n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(name, self._entries, cutoff=0.5)
         return (
             f"unknown {self.kind} '{name}'{hint} "
             f"(see `saliencybench list {self.kind}s`)"
@@ -228,73 +204,45 @@ def _origin(obj: Any) -> str:
     return f"{mod}.{qual}"
 
 
-IMPORT_ERRORS: dict[str, str] = {}
-
-
-def _import_submodules(package: str) -> None:
-    """Import every module of a subpackage so its decorators run (no manual index to edit).
-
-    A module that fails to import is reported with a warning and recorded in
-    ``IMPORT_ERRORS`` (a test asserts it stays empty) instead of taking every other
-    registry entry down with it.
-    """
-    import warnings
-
-    pkg = importlib.import_module(package)
-    for info in sorted(pkgutil.iter_modules(pkg.__path__), key=lambda i: i.name):
-        if info.name.startswith("_"):
-            continue
-        name = f"{package}.{info.name}"
-        try:
-            importlib.import_module(name)
-        except Exception as e:  # noqa: BLE001 - reported, not hidden
-            IMPORT_ERRORS[name] = f"{type(e).__name__}: {e}"
-            warnings.warn(f"saliencybench: could not import {name}: {type(e).__name__}: {e}", stacklevel=2)
-
-
-def _populate_all() -> None:
-    for sub in ("attributions", "metrics", "datasets", "models"):
-        _import_submodules(f"saliencybench.{sub}")
-    _load_entry_point_plugins()
-
-
 def _load_entry_point_plugins() -> None:
     """Plugins installed by other distributions under the ``saliencybench.plugins`` group."""
-    try:
-        from importlib.metadata import entry_points
-    except ImportError:  # pragma: no cover
-        return
-    try:
-        eps = entry_points(group="saliencybench.plugins")
-    except TypeError:  # pragma: no cover - Python < 3.10 API
-        eps = entry_points().get("saliencybench.plugins", [])
-    for ep in eps:
+    from importlib.metadata import entry_points
+
+    for ep in entry_points(group="saliencybench.plugins"):
         ep.load()
 
 
+_builtin_loader: Callable[[], None] | None = None
+_populated = False
+
+
+def set_builtin_loader(loader: Callable[[], None]) -> None:
+    """Set the function that imports the built-in entries (``saliencybench/__init__.py`` does,
+    so that this contract layer imports nothing else of the package)."""
+    global _builtin_loader
+    _builtin_loader = loader
+
+
 def populate() -> None:
-    """Make sure every built-in entry is registered (idempotent)."""
-    for reg in (METHODS, METRICS, DATASETS, MODELS):
-        reg._ensure()
+    """Register every built-in entry and every installed plugin, once (idempotent).
 
-
-_POPULATE_STARTED = False
-
-
-def _populate_once() -> None:
-    global _POPULATE_STARTED
-    if _POPULATE_STARTED:
+    Each registry calls this on its first lookup; the built-in entries are the modules that
+    the ``attributions``, ``metrics``, ``datasets`` and ``models`` packages import in their
+    ``__init__`` (an explicit list, as in timm).
+    """
+    global _populated
+    if _populated:
         return
-    _POPULATE_STARTED = True
-    for reg in (METHODS, METRICS, DATASETS, MODELS):
-        reg._populated = True
-    _populate_all()
+    _populated = True
+    if _builtin_loader is not None:
+        _builtin_loader()
+    _load_entry_point_plugins()
 
 
-METHODS: Registry[Callable[..., Any]] = Registry("method", _populate_once)
-METRICS: Registry[type] = Registry("metric", _populate_once)
-DATASETS: Registry[Callable[..., Any]] = Registry("dataset", _populate_once)
-MODELS: Registry[Callable[..., Any]] = Registry("model", _populate_once)
+METHODS: Registry[Callable[..., Any]] = Registry("method")
+METRICS: Registry[type] = Registry("metric")
+DATASETS: Registry[Callable[..., Any]] = Registry("dataset")
+MODELS: Registry[Callable[..., Any]] = Registry("model")
 
 
 def register_method(

@@ -125,7 +125,7 @@ def plot_spearman(matrix: pd.DataFrame, path: Path, *, title: str = "") -> Path:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from saliencybench.benchmark.plots import save_figure
+    from saliencybench.benchmark.report.plots import save_figure
 
     k = len(matrix)
     fig, ax = plt.subplots(figsize=(0.45 * k + 2.5, 0.45 * k + 2.0))

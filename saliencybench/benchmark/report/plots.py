@@ -21,7 +21,8 @@ import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
 import torch  # noqa: E402
 
-from saliencybench.benchmark.store import _safe, atomic_write_bytes  # noqa: E402
+from saliencybench.core.io import atomic_write_bytes
+from saliencybench.core.io import safe_filename as _safe  # noqa: E402
 
 
 def save_figure(fig, path: Path, *, dpi: int = 110, tight: bool = True) -> Path:
@@ -41,7 +42,7 @@ def save_figure(fig, path: Path, *, dpi: int = 110, tight: bool = True) -> Path:
     out = io.BytesIO()
     img.save(out, format="PNG", optimize=True)
     path = Path(path)
-    atomic_write_bytes(path, out.getvalue(), checksum=False)
+    atomic_write_bytes(path, out.getvalue())
     return path
 
 
