@@ -7,16 +7,15 @@ from typing import Iterator
 
 from torch import Tensor, nn
 
+from saliencybench.core.names import did_you_mean
+
 
 def get_layer(model: nn.Module, name: str) -> nn.Module:
     """The submodule called ``name`` (as in ``model.named_modules()``), with a clear error."""
     modules = dict(model.named_modules())
     if name not in modules:
-        import difflib
-
-        close = difflib.get_close_matches(name, [n for n in modules if n], n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else ""
-        if name in ("cam", "middle", "final") and not close:  # an alias the model does not map
+        hint = did_you_mean(name, [n for n in modules if n], quote=False)
+        if name in ("cam", "middle", "final") and not hint:  # an alias the model does not map
             hint = (f" (an alias: set model.sb_layers = {{'{name}': '<module name>'}} or give the "
                     "method layer='<module name>')")
         raise KeyError(f"model has no layer '{name}'{hint}")
