@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from saliencybench.core.errors import PrecomputedAttributionError
 from saliencybench.core.registry import METHODS, METRICS, Entry, RegistryError, populate
+from saliencybench.core.tensors import as_map_batch
 from saliencybench.core.types import IDENTITY_NORMALIZATION, Normalization, SampleSet
 
 __all__ = ["evaluate", "leaderboard"]
@@ -150,9 +151,7 @@ def _check_inputs(x: Tensor, targets: Any, masks: Tensor | None, sample_ids: Seq
             raise ValueError("targets must be integer class indices")
         y = y.long().cpu()
     if masks is not None:
-        masks = torch.as_tensor(masks)
-        if masks.ndim == 3:
-            masks = masks.unsqueeze(1)
+        masks = as_map_batch(torch.as_tensor(masks))
         if masks.ndim != 4 or masks.shape[0] != n or masks.shape[1] != 1 or masks.shape[-2:] != x.shape[-2:]:
             raise ValueError(f"masks must be (N,H,W) or (N,1,H,W) = ({n}, 1, {x.shape[-2]}, {x.shape[-1]}) "
                              f"for inputs of shape {tuple(x.shape)}, got {tuple(masks.shape)}")

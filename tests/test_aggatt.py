@@ -66,7 +66,8 @@ def test_plot_aggatt_writes_png(tmp_path):
 
 
 def test_align_to_top_left_is_a_cell_permutation():
-    from saliencybench.metrics.localization import align_to_top_left, localization_score
+    from saliencybench.benchmark.report.aggatt import align_to_top_left
+    from saliencybench.metrics.localization import localization_score
     from saliencybench.models.grid_settings import cell_masks
 
     maps = torch.rand(4, 1, 12, 12)
@@ -79,7 +80,7 @@ def test_align_to_top_left_is_a_cell_permutation():
 
 
 def test_bins_average_the_positive_parts_of_signed_maps():
-    """003 supp. §H.4: a bin's map is the mean of the maps' positive parts. Signed maps (IxG,
+    """Rao et al. 2022 supp. §H.4: a bin's map is the mean of the maps' positive parts. Signed maps (IxG,
     IG) with opposite signs in one bin averaged to an empty bin before."""
     n = 100
     pattern = torch.zeros(1, 4, 4)
@@ -119,7 +120,7 @@ def test_bins_of_ixg_and_ig_maps_are_positive_means():
 
 
 def test_normaliser_is_the_995th_percentile_over_all_pixels_including_zeros():
-    """One normaliser per method over every pixel of its bins, zeros included (003 code)."""
+    """One normaliser per method over every pixel of its bins, zeros included (Rao et al. 2022 code)."""
     means = torch.zeros(6, 1, 20, 20)  # 2400 pixels
     vals = torch.linspace(0.01, 1.0, 240)  # 10 % positive
     means.view(-1)[:240] = vals

@@ -1,4 +1,4 @@
-"""conservation_error metric: LRP checkpoints (001 §5.5), completeness, applicability, figure."""
+"""conservation_error metric: LRP checkpoints (Otsuki et al. 2024 §5.5), completeness, applicability, figure."""
 
 from __future__ import annotations
 
@@ -6,9 +6,10 @@ import torch
 import torchvision
 from torch import nn
 
+from saliencybench.benchmark.report.conservation import conservation_figure, conservation_report, figure_rows
 from saliencybench.core.registry import METHODS, METRICS
 from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
-from saliencybench.metrics.conservation import ConservationError, conservation_figure, figure_rows
+from saliencybench.metrics.conservation import ConservationError
 
 
 def _ctx(model, x, t, method, meta):
@@ -101,7 +102,7 @@ def test_report_draws_fig7_from_stored_curves(tmp_path):
     """The Fig. 7 scatter is rebuilt from curves.csv rows alone."""
     import pandas as pd
 
-    from saliencybench.metrics.conservation import rows_from_curves
+    from saliencybench.benchmark.report.conservation import rows_from_curves
 
     rows = []
     for sid, (p, s_in, s_first, s_last) in {"a": (0.5, 0.5, 0.5, 0.5), "b": (0.9, 0.8, 0.9, 0.9)}.items():
@@ -115,7 +116,7 @@ def test_report_draws_fig7_from_stored_curves(tmp_path):
     assert b_in.relevance_sum == 0.8 and b_in.probability == 0.9
     (tmp_path / "figures").mkdir()
     curves.to_csv(tmp_path / "curves.csv", index=False)
-    paths = ConservationError.report(tmp_path, pd.DataFrame(), None)
+    paths = conservation_report(tmp_path, pd.DataFrame(), None)
     assert len(paths) == 1 and paths[0].stat().st_size > 1000
 
 

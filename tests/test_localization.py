@@ -8,20 +8,22 @@ import pandas as pd
 import pytest
 import torch
 
+from saliencybench.benchmark.report.figures import report_for
+from saliencybench.benchmark.report.localization import localization_report, localization_status, method_layer
 from saliencybench.core.registry import METRICS
 from saliencybench.core.types import IDENTITY_NORMALIZATION, Batch, EvalContext
 from saliencybench.metrics.localization import (
     Localization,
     localization_parts,
     localization_score,
-    method_layer,
     pointing_game_score,
 )
 from saliencybench.models.grid_settings import cell_masks
 
 
 def _ctx(mask, b):
-    batch = Batch(torch.zeros(b, 3, *mask.shape[-2:]), torch.zeros(b, dtype=torch.long), [str(i) for i in range(b)], mask)
+    batch = Batch(torch.zeros(b, 3, *mask.shape[-2:]), torch.zeros(b, dtype=torch.long),
+                  [str(i) for i in range(b)], mask)
     return EvalContext(model=torch.nn.Identity(), batch=batch, target=batch.y,
                        normalization=IDENTITY_NORMALIZATION, num_classes=4)
 
@@ -68,7 +70,7 @@ def test_registered_metrics_through_eval_context():
     assert METRICS.get("localization").meta["higher_is_better"] is True
     no_mask = _ctx(masks, 4)
     no_mask.batch.mask = None
-    out = m.evaluate(no_mask, attr)
+    out = m.evaluate_group([m], no_mask, attr)["localization"]  # the base class reads needs_mask
     assert out.status == ["no_mask"] * 4 and torch.isnan(out.values).all()
     mim = METRICS.get("mass_in_mask").obj(name="mass_in_mask")
     obj = torch.zeros(2, 1, 8, 8)
@@ -135,8 +137,10 @@ def test_report_writes_boxes_aggatt_spearman_and_sweep(tmp_path):
     rows += [dict(suite="s", dataset="gridpg_synthetic", model="m", method="ixg@input", metric="insertion",
                   sample_id=ids[0], value=0.3, status="ok")]
     scores = pd.DataFrame(rows)
-    (tmp_path / "run.json").write_text(json.dumps({"datasets": {"gridpg_synthetic": {"setting": "gridpg", "grid_n": 2}}}))
-    paths = Localization.report(tmp_path, scores, FakeCache(cache))
+    datasets = {"gridpg_synthetic": {"setting": "gridpg", "grid_n": 2}}
+    (tmp_path / "run.json").write_text(json.dumps({"datasets": datasets}))
+    assert report_for(Localization) is localization_report
+    paths = localization_report(tmp_path, scores, FakeCache(cache))
     names = {p.name for p in paths}
     assert {"localization_table.csv", "localization_table.md", "localization_boxes_m.png",
             "aggatt_gridpg_m.png", "aggatt_bins.csv", "spearman_gridpg_m.csv", "spearman_gridpg_m.png",
@@ -164,7 +168,7 @@ from hypothesis import strategies as st  # noqa: E402
 @given(seed=st.integers(0, 10_000), log_scale=st.floats(-6, 6), n=st.sampled_from([2, 3]),
        small=st.booleans())
 def test_localization_and_mass_invariant_to_positive_scaling(seed, log_scale, n, small):
-    # 003: the score is a ratio of positive masses, so any positive factor cancels (also for
+    # Rao et al. 2022: the score is a ratio of positive masses, so any positive factor cancels (also for
     # layer-sized maps that are upsampled first); mass_in_mask is the same ratio on an object mask
     g = torch.Generator().manual_seed(seed)
     size = 4 * n if small else 12 * n
@@ -186,7 +190,6 @@ def test_localization_status_names_every_gap():
     failed with the reason, or not run (Rao et al. 2022 Fig. 9 covers all of them)."""
     import pandas as pd
 
-    from saliencybench.metrics.localization import localization_status
 
     rows = []
     for method, status in (("gradcam@final", "ok"), ("gradcam@input", "method_error: boom"),
@@ -204,3 +207,16 @@ def test_localization_status_names_every_gap():
     assert st[("rise", "middle")] == "not run: not in this suite"
     assert st[("saliency", "final")] == "not run: not in this suite"
     assert len(st) == 3 * 3  # every method x every layer of the suite
+
+
+def test_metrics_package_holds_no_report_code():
+    """Figures and tables are the report layer's (saliencybench.benchmark.report): no module of
+    saliencybench.metrics draws, writes files or defines a report hook."""
+    from pathlib import Path
+
+    import saliencybench.metrics as metrics_pkg
+
+    for path in Path(metrics_pkg.__file__).parent.glob("*.py"):
+        text = path.read_text()
+        for banned in ("matplotlib", "to_csv(", "write_text(", "savefig", "def report("):
+            assert banned not in text, (path.name, banned)

@@ -1,4 +1,4 @@
-"""Masked input accuracy (paper 004, Algorithm 1, Eq. 11-12)."""
+"""Masked input accuracy (Lee & Chang, "Attribution Mask", Algorithm 1, Eq. 11-12)."""
 
 from __future__ import annotations
 

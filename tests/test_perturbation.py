@@ -17,13 +17,8 @@ from saliencybench.core.types import (
     Batch,
     EvalContext,
 )
-from saliencybench.metrics.perturbation import (
-    PerturbationCurve,
-    count_grid,
-    make_substrate,
-    resolve_settings,
-    unit_ranks,
-)
+from saliencybench.metrics.curve_engine import count_grid, make_substrate, unit_ranks
+from saliencybench.metrics.pixel_perturbation import PerturbationCurve, resolve_settings
 
 
 class MeanModel(nn.Module):
@@ -102,7 +97,8 @@ def test_constant_or_zero_map_with_threshold_ties_enters_at_once(const):
     assert torch.allclose(out["insertion"].values, m * (1 - s_over_n / 2), atol=1e-6)
     assert torch.allclose(out["deletion"].values, m * s_over_n / 2, atol=1e-6)
     ins_curve = out["insertion"].curve
-    assert torch.allclose(ins_curve[:, 0], torch.zeros(2)) and torch.allclose(ins_curve[:, 1:], m.float().view(-1, 1).expand(-1, 16))
+    assert torch.allclose(ins_curve[:, 0], torch.zeros(2))
+    assert torch.allclose(ins_curve[:, 1:], m.float().view(-1, 1).expand(-1, 16))
 
 
 def test_constant_map_with_random_ties_is_seeded_and_batch_independent(tiny_cnn):
@@ -112,7 +108,8 @@ def test_constant_map_with_random_ties_is_seeded_and_batch_independent(tiny_cnn)
     v_batch = run([metric("deletion", **kw)], make_ctx(tiny_cnn, x, ids=["a", "b", "c"]), a)["deletion"].values
     v_again = run([metric("deletion", **kw)], make_ctx(tiny_cnn, x, ids=["a", "b", "c"]), a)["deletion"].values
     v_single = run([metric("deletion", **kw)], make_ctx(tiny_cnn, x[1:2], ids=["b"]), a[1:2])["deletion"].values
-    v_other_seed = run([metric("deletion", **kw)], make_ctx(tiny_cnn, x, ids=["a", "b", "c"], seed=7), a)["deletion"].values
+    ctx7 = make_ctx(tiny_cnn, x, ids=["a", "b", "c"], seed=7)
+    v_other_seed = run([metric("deletion", **kw)], ctx7, a)["deletion"].values
     assert torch.equal(v_batch, v_again)
     assert v_single[0].item() == pytest.approx(v_batch[1].item(), abs=1e-6)
     assert not torch.allclose(v_batch, v_other_seed)
@@ -137,7 +134,8 @@ def test_otsuki_grid_follows_authors_thresholds():
     counts = count_grid(4096, s)
     assert counts == [501, 1001, 1501, 2001, 2501, 3001, 3501, 4001, 4096]
     assert s.substrate == "black" and s.ties == "threshold" and s.target == "label"
-    assert count_grid(64, resolve_settings({"preset": "none", "pixels_per_step": 10})) == [0, 10, 20, 30, 40, 50, 60, 64]
+    grid = count_grid(64, resolve_settings({"preset": "none", "pixels_per_step": 10}))
+    assert grid == [0, 10, 20, 30, 40, 50, 60, 64]
     assert count_grid(64, resolve_settings({"preset": "none", "steps": 4})) == [0, 16, 32, 48, 64]
 
 
@@ -325,3 +323,26 @@ def test_amp_is_ignored_on_cpu(tiny_cnn, tiny_batch):
     v1 = run([metric("insertion", amp="bf16")], make_ctx(tiny_cnn, x, y), a)["insertion"].values
     assert torch.equal(v0, v1)
     assert metric("insertion", amp="bf16").group_key() != metric("insertion").group_key()
+
+
+def test_one_uniform_auc_for_torch_and_numpy():
+    """The uniform trapezoid (sum - y_0/2 - y_T/2)/T (Petsiuk et al. 2018; Otsuki et al. 2024's
+    code) is one function: the engine's curves and the Quantus adapter's NumPy curves share it."""
+    from saliencybench.metrics.curve_engine import curve_auc, uniform_auc
+
+    c = torch.rand(3, 9, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
+    assert torch.equal(curve_auc(c, torch.linspace(0, 1, 9), "uniform"), uniform_auc(c))
+    # same formula; NumPy and torch sum in different orders (last-bit differences)
+    np.testing.assert_allclose(uniform_auc(c.numpy()), uniform_auc(c).numpy(), rtol=1e-15)
+    assert torch.equal(uniform_auc(c[:, :1]), c[:, 0])
+
+
+def test_maps_of_any_shape_score_like_their_channel_sum():
+    """(B,H,W), (B,1,H,W) and (B,C,H,W) maps go through one normalisation (channels summed)."""
+    g = torch.Generator().manual_seed(3)
+    x = torch.rand(2, 3, 8, 8, generator=g)
+    a = torch.rand(2, 3, 8, 8, generator=g)
+    ref = run([metric("insertion", **EXACT)], make_ctx(MeanModel(), x), a.sum(1, keepdim=True))["insertion"].values
+    for shaped in (a, a.sum(1)):
+        out = run([metric("insertion", **EXACT)], make_ctx(MeanModel(), x), shaped)["insertion"]
+        assert torch.equal(out.values, ref)

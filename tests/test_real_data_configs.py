@@ -102,7 +102,7 @@ def test_gridpg_suites_cover_cams_at_the_input_and_rise_at_layers(name):
     final layers are part of the localization suites."""
     from saliencybench.benchmark.config import load_config
     from saliencybench.benchmark.runner import resolve_suite
-    from saliencybench.metrics.localization import method_layer
+    from saliencybench.benchmark.report.localization import method_layer
 
     cfg = load_config(CONFIGS / f"{name}.toml")
     resolve_suite(cfg)  # every alias resolves

@@ -19,6 +19,7 @@ from saliencybench.attributions.postprocess import apply_postprocess
 from saliencybench.core.guard import model_guard
 from saliencybench.core.registry import METHODS, Entry
 from saliencybench.core.seeding import stable_seed
+from saliencybench.core.tensors import as_map_batch
 
 
 def method_params(entry: Entry, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -73,9 +74,7 @@ def raw_attribution(entry: Entry, model: nn.Module, x: Tensor, target: Tensor, *
             out = entry.obj(model, x.detach(), target, **kw)
     if not isinstance(out, Tensor):
         raise TypeError(f"method '{entry.name}' returned {type(out).__name__}, expected a Tensor")
-    out = out.detach()
-    if out.ndim == 3:
-        out = out.unsqueeze(1)
+    out = as_map_batch(out.detach())
     if out.ndim != 4 or out.shape[0] != x.shape[0]:
         raise ValueError(
             f"method '{entry.name}' returned shape {tuple(out.shape)}; expected (B,C,H,W) or (B,1,H,W)"

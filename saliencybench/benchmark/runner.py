@@ -42,10 +42,10 @@ from saliencybench.core.guard import model_guard
 from saliencybench.core.io import config_key, write_json
 from saliencybench.core.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
 from saliencybench.core.seeding import stable_seed
-from saliencybench.core.tensors import autocast, exact_fp32
+from saliencybench.core.tensors import as_map_batch, autocast, exact_fp32
 from saliencybench.core.types import Batch, EvalContext, MetricOutput, SampleSet
 from saliencybench.metrics.base import Metric
-from saliencybench.metrics.perturbation import PerturbationCurve
+from saliencybench.metrics.pixel_perturbation import PerturbationCurve
 
 
 @dataclass
@@ -417,8 +417,7 @@ class Runner:
         from saliencybench.attributions.postprocess import apply_postprocess
 
         samples = self.samples[ds_name]
-        if maps.ndim == 3:
-            maps = maps.unsqueeze(1)
+        maps = as_map_batch(maps)
         if maps.ndim != 4 or maps.shape[0] != len(samples):
             raise ValueError(f"attributions for '{method}' have shape {tuple(maps.shape)}; expected "
                              f"({len(samples)}, H, W), ({len(samples)}, 1, H, W) or ({len(samples)}, C, H, W)")

@@ -13,6 +13,10 @@ against the model) test structure, not rounding, so they run in :func:`exact_fp3
 
 **Mixed precision.** :func:`autocast_dtype` is the one parser of the ``autocast`` option
 (off / bf16 / fp16) and :func:`autocast` the context the metrics' model forwards run in.
+
+**Map shapes.** Attribution maps and masks arrive as (B,H,W), (B,1,H,W) or (B,C,H,W):
+:func:`as_map_batch` is the one place that adds the channel axis, :func:`single_channel_map`
+the one that also sums channels and resizes to the size a metric scores at.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from collections.abc import Iterator
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -66,3 +71,19 @@ def autocast(device: torch.device, mode: str | bool | None) -> AbstractContextMa
     if dtype is None or device.type != "cuda":
         return nullcontext()
     return torch.autocast("cuda", dtype=dtype)
+
+
+def as_map_batch(a: Tensor) -> Tensor:
+    """A (B,H,W) map or mask as (B,1,H,W); 4-d tensors are returned unchanged."""
+    return a.unsqueeze(1) if a.ndim == 3 else a
+
+
+def single_channel_map(a: Tensor, size: tuple[int, int] | torch.Size | None = None) -> Tensor:
+    """(B,H,W), (B,1,H,W) or (B,C,H,W) -> (B,1,H,W): channels summed, then bilinearly resized
+    (``align_corners=False``) to ``size`` when given and different."""
+    a = as_map_batch(a)
+    if a.shape[1] != 1:
+        a = a.sum(1, keepdim=True)
+    if size is not None and tuple(a.shape[-2:]) != tuple(size):
+        a = F.interpolate(a, size=tuple(size), mode="bilinear", align_corners=False)
+    return a

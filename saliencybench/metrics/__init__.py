@@ -4,6 +4,6 @@ from saliencybench.metrics import (  # noqa: F401 - imported for their registrat
     conservation,
     localization,
     mia,
-    perturbation,
+    pixel_perturbation,
     quantus_adapter,
 )

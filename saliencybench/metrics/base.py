@@ -8,12 +8,9 @@ perturbation curves) return the same :meth:`group_key` and are evaluated togethe
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import TYPE_CHECKING, Any, Hashable
+from typing import Any, Hashable
 
-if TYPE_CHECKING:
-    import pandas as pd
-
+import torch
 from torch import Tensor
 
 from saliencybench.core.types import EvalContext, MetricOutput
@@ -24,8 +21,12 @@ class Metric:
 
     Class attributes:
         needs_method: the metric calls ``ctx.attribute`` again (MIA, conservation).
-        needs_mask: the metric needs ground-truth object masks (samples without one get a
-            status instead of a value).
+        needs_mask: the metric needs ground-truth object masks: on a batch without masks,
+            :meth:`evaluate_group` gives every sample NaN and the status ``no_mask`` without
+            calling :meth:`evaluate`.
+        plot_curve: False when ``MetricOutput.curve`` is not a series to draw as a curve.
+
+    Figures and tables after a run are the report layer's (``saliencybench.benchmark.report``).
     """
 
     name: str = ""
@@ -56,16 +57,15 @@ class Metric:
     def evaluate_group(
         cls, metrics: "list[Metric]", ctx: EvalContext, attribution: Tensor
     ) -> dict[str, MetricOutput]:
-        return {m.name: m.evaluate(ctx, attribution) for m in metrics}
+        """Every metric of the group on one batch (:meth:`evaluate`, or a ``no_mask`` output
+        for a metric that :attr:`needs_mask` on a batch without masks)."""
+        return {m.name: m.evaluate_or_no_mask(ctx, attribution) for m in metrics}
 
-    @classmethod
-    def report(cls, results_dir: "Path", scores: "pd.DataFrame", cache: Any) -> "list[Path]":
-        """Write figures / CSVs for this metric after a run; return their paths.
-
-        ``scores`` has columns suite, dataset, model, method, metric, sample_id, value,
-        status; ``cache.load(dataset, model, method) -> (sample_ids, maps (N,1,H,W))``.
-        """
-        return []
+    def evaluate_or_no_mask(self, ctx: EvalContext, attribution: Tensor) -> MetricOutput:
+        """:meth:`evaluate`, unless the metric needs masks and the batch has none."""
+        if self.needs_mask and ctx.batch.mask is None:
+            return no_mask_output(ctx.batch.x.shape[0], attribution.device)
+        return self.evaluate(ctx, attribution)
 
     def manifest(self) -> dict[str, Any]:
         """Parameters recorded in run.json."""
@@ -101,3 +101,9 @@ class Metric:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r}, params={self.params!r})"
+
+
+def no_mask_output(b: int, device: torch.device | str = "cpu") -> MetricOutput:
+    """NaN values (float32) with the status ``no_mask`` for a batch of ``b`` samples without masks."""
+    return MetricOutput(values=torch.full((b,), float("nan"), device=device),
+                        status=["no_mask"] * b)

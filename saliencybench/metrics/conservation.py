@@ -1,10 +1,10 @@
 """Conservation error of attribution methods that claim a conservation property.
 
-- LRP methods (registry ``conservation="lrp"``), Otsuki et al. 2024 (001) §5.5 / Fig. 7:
+- LRP methods (registry ``conservation="lrp"``), Otsuki et al. 2024 §5.5 / Fig. 7:
   ``|sum_i R_i^(l) - R_init| / |R_init|`` per sample at three checkpoints: the input, the input
   of the first residual block and the input of the last residual block. ``R_init`` is the
   relevance the method starts from: ``p(y_c)`` (softmax probability of the target) for
-  ``init="prob"`` (the lrp_resnet family, 001 §4.1), the target logit for ``init="logit"``.
+  ``init="prob"`` (the lrp_resnet family, Otsuki et al. 2024 §4.1), the target logit for ``init="logit"``.
 - Completeness methods (``conservation="completeness"``: integrated_gradients, deeplift):
   ``|sum A - (f(x) - f(x'))| / |f(x) - f(x')|`` with ``f`` the target logit and ``x'`` the
   method's baseline (its ``baseline`` parameter: a number in normalised space, ``"zero"``,
@@ -17,13 +17,12 @@ step 0 = the initial relevance (p(y_c), the logit, or f(x)-f(x') for completenes
 steps 1-3 = the relevance sums at (input, first_block, last_block) (NaN for models without
 residual blocks and for completeness methods, with a status). ``extra`` holds
 ``checkpoints`` {name: (B,) error}, ``relevance_sum`` {name: (B,) sum} and ``probability``
-(B,) (= R_init), from which :func:`figure_rows` builds the rows of :func:`conservation_figure`.
+(B,) (= R_init). The Fig. 7 scatter is drawn by :mod:`saliencybench.benchmark.report.conservation`.
 The metric recomputes the raw relevance (no Heat Quantization) itself, under ``model_guard``.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -57,28 +56,14 @@ def _baseline(params: dict[str, Any], x: Tensor, ctx: EvalContext) -> Tensor:
 
 
 @register_metric(
-    "conservation_error", higher_is_better=False, per_sample=True,
+    "conservation_error", higher_is_better=False,
     paper="Otsuki et al. 2024 §5.5 (LRP); Sundararajan et al. 2017 (completeness)",
     description="relative conservation / completeness error of the raw attribution",
 )
 class ConservationError(Metric):
-    plot_curve = False  # the curve holds sums, not a series: drawn by report(), not as a curve
+    """Relative conservation error (Otsuki et al. 2024 §5.5) or completeness error; lower is better."""
 
-    @classmethod
-    def report(cls, results_dir: Path, scores: "Any", cache: Any) -> list[Path]:
-        """001 Fig. 7-like scatter per (dataset, model) from the stored sums."""
-        from saliencybench.benchmark.store import read_curves
-        from saliencybench.core.io import safe_filename as _safe
-
-        df = rows_from_curves(read_curves(Path(results_dir)))
-        paths = []
-        for (ds, model), g in df.groupby(["dataset", "model"], sort=True):
-            paths.append(conservation_figure(g, Path(results_dir) / "figures" /
-                                             f"conservation_{_safe(ds)}_{_safe(model)}.png"))
-        return paths
-
-    """Relative conservation error (001 §5.5) or completeness error; lower is better."""
-
+    plot_curve = False  # the curve holds sums, not a series (the report draws the Fig. 7 scatter)
     needs_method = True
 
     def applies_to(self, method_meta: dict[str, Any]) -> bool:
@@ -138,71 +123,3 @@ class ConservationError(Metric):
             extra={"checkpoints": {"input": err}, "relevance_sum": {"input": total},
                    "probability": diff.double()},
         )
-
-
-def rows_from_curves(curves: "Any") -> "Any":
-    """(method, checkpoint, relevance_sum, probability) rows from stored ``curves.csv`` rows."""
-    import pandas as pd
-
-    c = curves[curves["metric"] == "conservation_error"]
-    if c.empty:
-        return pd.DataFrame(columns=["dataset", "model", "method", "checkpoint", "relevance_sum", "probability"])
-    wide = c.pivot_table(index=["dataset", "model", "method", "sample_id"], columns="step", values="value",
-                         aggfunc="first")
-    frames = []
-    for step, cp in enumerate(CHECKPOINTS, start=1):
-        if step not in wide.columns:
-            continue
-        frames.append(pd.DataFrame({"checkpoint": cp, "relevance_sum": wide[step], "probability": wide[0]})
-                      .reset_index())
-    df = pd.concat(frames, ignore_index=True)
-    return df[df["relevance_sum"].notna()]
-
-
-def figure_rows(method: str, out: MetricOutput) -> "Any":
-    """Long DataFrame (method, checkpoint, relevance_sum, probability) from one MetricOutput."""
-    import pandas as pd
-
-    p = out.extra["probability"].detach().cpu().numpy()
-    frames = []
-    for k, s in out.extra["relevance_sum"].items():
-        s = s.detach().cpu().numpy()
-        frames.append(pd.DataFrame({"method": method, "checkpoint": k, "relevance_sum": s, "probability": p}))
-    df = pd.concat(frames, ignore_index=True)
-    return df[df["relevance_sum"].notna()]
-
-
-def conservation_figure(df: "Any", out_png: str | Path) -> Path:
-    """001 Fig. 7-like scatter: relevance sum (x) against predicted probability (y).
-
-    ``df`` needs the columns ``method``, ``checkpoint`` (input / first_block / last_block),
-    ``relevance_sum`` and ``probability`` (the initial relevance: p(y_c), or f(x)-f(x') for
-    completeness methods). One panel per checkpoint, one colour per method, and the
-    diagonal ``p = sum R`` on which every point of a conservative method lies.
-    """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from saliencybench.benchmark.report.plots import save_figure
-
-    out_png = Path(out_png)
-    cps = [c for c in CHECKPOINTS if c in set(df["checkpoint"])] or sorted(set(df["checkpoint"]))
-    titles = {"input": "(a) input", "first_block": "(b) first block input",
-              "last_block": "(c) last block input"}
-    fig, axes = plt.subplots(1, len(cps), figsize=(4 * len(cps), 4), squeeze=False)
-    for ax, cp in zip(axes[0], cps):
-        sub = df[df["checkpoint"] == cp]
-        for method, g in sub.groupby("method"):
-            ax.scatter(g["relevance_sum"], g["probability"], s=10, alpha=0.7, label=method)
-        if len(sub):
-            lo = float(min(sub["relevance_sum"].min(), sub["probability"].min()))
-            hi = float(max(sub["relevance_sum"].max(), sub["probability"].max()))
-            ax.plot([lo, hi], [lo, hi], "k--", lw=0.8)
-        ax.set_title(titles.get(cp, cp))
-        ax.set_xlabel("sum of relevance")
-        ax.set_ylabel("predicted probability")
-    axes[0][0].legend(fontsize=7)
-    fig.tight_layout()
-    return save_figure(fig, out_png, dpi=120, tight=False)

@@ -1,4 +1,4 @@
-"""Masked input accuracy (MIA), Lee & Chang (paper 004), Algorithm 1 and Eq. 11-12.
+"""Masked input accuracy (MIA), Lee & Chang ("Attribution Mask"), Algorithm 1 and Eq. 11-12.
 
 For i = 1..I, the method under evaluation explains the *masked* input for the target class,
 
@@ -14,7 +14,7 @@ Conventions:
 
 - The method is called again at every iteration through ``ctx.attribute(x, target,
   reduce=False)`` (the registry and model guard of the method): the *signed* attribution per
-  channel, for every method (004 Alg. 1 and Eq. 11 min-max normalise A itself; the official
+  channel, for every method (Lee & Chang Alg. 1 and Eq. 11 min-max normalise A itself; the official
   code applies no absolute value). Channel reductions and absolute values of the method's
   post-processing are skipped, so Guided Backprop or Saliency give their signed gradients here,
   not |GBP|; other steps (smoothing, quantisation) are kept. A method whose output has one
@@ -40,13 +40,13 @@ import torch
 from torch import Tensor
 
 from saliencybench.core.registry import register_metric
-from saliencybench.core.tensors import fast_layout
+from saliencybench.core.tensors import as_map_batch, fast_layout
 from saliencybench.core.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
 
 
 def minmax_per_channel(a: Tensor) -> Tensor:
-    """Lee & Chang (004) Eq. 11 per sample and channel: (A - min) / (max - min) of the signed
+    """Lee & Chang Eq. 11 per sample and channel: (A - min) / (max - min) of the signed
     attribution; a constant channel gives 0 (the official code's value, whose numerator is 0)."""
     lo = a.amin(dim=(2, 3), keepdim=True)
     hi = a.amax(dim=(2, 3), keepdim=True)
@@ -56,12 +56,12 @@ def minmax_per_channel(a: Tensor) -> Tensor:
 
 
 @register_metric(
-    "mia", higher_is_better=True, paper="Lee & Chang (004), Algorithm 1, Eq. 11-12",
+    "mia", higher_is_better=True, paper="Lee & Chang (Attribution Mask), Algorithm 1, Eq. 11-12",
     defaults={"iterations": 10, "target": "label", "value": "last"},
     description="Masked input accuracy: accuracy after iterating attribution masks (curve over iterations)",
 )
 class MaskedInputAccuracy(Metric):
-    """Masked input accuracy (paper 004, Algorithm 1, Eq. 11-12)."""
+    """Masked input accuracy (Lee & Chang, Algorithm 1, Eq. 11-12)."""
 
     needs_method = True
 
@@ -99,9 +99,7 @@ class MaskedInputAccuracy(Metric):
         mask = torch.ones_like(x)
         alive = torch.ones(b, dtype=torch.bool, device=x.device)
         for i in range(1, self.iterations + 1):
-            a = ctx.attribute(x * mask, target, reduce=False).to(x.device).float()
-            if a.ndim == 3:
-                a = a.unsqueeze(1)
+            a = as_map_batch(ctx.attribute(x * mask, target, reduce=False).to(x.device).float())
             a = a.expand_as(x) if a.shape[1] == 1 else a
             finite = torch.isfinite(a).flatten(1).all(1)
             alive &= finite

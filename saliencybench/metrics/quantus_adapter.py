@@ -21,7 +21,7 @@ How a Quantus metric is fed:
 
 Outputs. A per-sample scalar becomes the value; a per-sample curve (PixelFlipping,
 RegionPerturbation, Selectivity, ...) is stored as the curve and its value is the normalised
-uniform trapezoid area (sum - y_0/2 - y_T/2)/T; a batch-level dict (ROAD returns
+uniform trapezoid area (sum - y_0/2 - y_T/2)/T (``curve_engine.uniform_auc``); a batch-level dict (ROAD returns
 {percentage: accuracy} for the whole batch) becomes the same curve for every sample, with value
 its mean, and ``extra["batch_level"] = True``.
 
@@ -45,6 +45,7 @@ from torch import Tensor
 from saliencybench.core.registry import METHODS, register_metric
 from saliencybench.core.types import EvalContext, MetricOutput
 from saliencybench.metrics.base import Metric
+from saliencybench.metrics.curve_engine import uniform_auc
 
 INSTALL_HINT = "pip install 'saliency-bench[quantus]'"
 
@@ -214,9 +215,6 @@ class QuantusMetric(Metric):
         y = torch.as_tensor(ctx.target).view(-1).cpu().numpy()
         a = attribution.detach().float().cpu().numpy()
         s = None if ctx.batch.mask is None else ctx.batch.mask.detach().float().cpu().numpy()
-        if self.needs_mask and s is None:
-            return MetricOutput(values=torch.full((b,), float("nan"), dtype=torch.float64),
-                                status=["no_mask"] * b)
         kwargs = dict(model=ctx.model, x_batch=x, y_batch=y, a_batch=a, s_batch=s, channel_first=True,
                       device=str(ctx.device), explain_func=self._explain_func(ctx))
         kwargs.update(self._call_kwargs)
@@ -242,7 +240,7 @@ def _to_output(res: Any, b: int) -> MetricOutput:
         return MetricOutput(values=torch.tensor(vals, dtype=torch.float64), status=["ok"] * b)
     curves = np.stack([np.asarray(v, dtype=np.float64).reshape(-1) for v in items])
     t = curves.shape[1]
-    auc = curves[:, 0] if t == 1 else (curves.sum(1) - curves[:, 0] / 2 - curves[:, -1] / 2) / (t - 1)
+    auc = uniform_auc(curves)
     return MetricOutput(values=torch.tensor(auc, dtype=torch.float64),
                         curve=torch.tensor(curves, dtype=torch.float32),
                         curve_x=torch.linspace(0, 1, t), status=["ok"] * b)
@@ -256,10 +254,15 @@ def _register_all() -> None:
         })
         register_metric(
             f"quantus:{cls_name}", higher_is_better=higher, paper="Hedström et al. 2023 (Quantus)",
-            description=f"Quantus {cls_name} ({category})" + (
-                "; direction follows `order`: " + ", ".join(f"{o} {'↑' if h else '↓'}" for o, h in ORDER_DIRECTION[cls_name].items())
-                if cls_name in ORDER_DIRECTION else ""),
+            description=f"Quantus {cls_name} ({category})" + _order_note(cls_name),
         )(sub)
+
+
+def _order_note(cls_name: str) -> str:
+    by_order = ORDER_DIRECTION.get(cls_name)
+    if not by_order:
+        return ""
+    return "; direction follows `order`: " + ", ".join(f"{o} {'↑' if h else '↓'}" for o, h in by_order.items())
 
 
 _register_all()

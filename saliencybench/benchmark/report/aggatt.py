@@ -11,12 +11,13 @@ The paper's example panels show, per bin, the map of the bin's median sample
 (:func:`bin_median_positions`).
 
 :func:`aggatt_bins` and :func:`aggatt_normalise` are pure; :func:`plot_aggatt` draws a
-methods x bins figure (like 003 Fig. 12) and :func:`plot_aggatt_examples` the median-sample
+methods x bins figure (like Rao et al. 2022 Fig. 12) and :func:`plot_aggatt_examples` the median-sample
 panels. Figures keep few pixels per map (``max_side``) so that the committed PNGs stay small.
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
@@ -24,6 +25,29 @@ import torch
 from torch import Tensor
 
 DEFAULT_PERCENTILES: tuple[float, ...] = (0, 2, 5, 50, 95, 98, 100)
+
+
+@dataclass(frozen=True)
+class MosaicStyle:
+    """How a methods x bins figure is drawn: maps average-pooled to at most ``max_side`` pixels
+    a side, ``zoom`` screen pixels per map pixel, ``pad`` pixels between maps, at ``dpi``."""
+
+    max_side: int | None = 24
+    dpi: int = 72
+    zoom: int = 2
+    pad: int = 2
+
+
+def align_to_top_left(maps: Tensor, cells: list[int], n: int) -> Tensor:
+    """Cyclically shift each map by whole cells so that its scored cell becomes the top-left
+    one (a permutation of the cells: localization w.r.t. the moved cell is unchanged)."""
+    h, w = maps.shape[-2] // n, maps.shape[-1] // n
+    out = maps.clone()
+    for c in sorted(set(cells)):
+        idx = torch.as_tensor([i for i, ci in enumerate(cells) if ci == c])
+        r, cc = divmod(int(c), n)
+        out[idx] = torch.roll(maps[idx], shifts=(-r * h, -cc * w), dims=(-2, -1))
+    return out
 
 
 def sort_by_localization(scores: Tensor, inside_mass: Tensor) -> Tensor:
@@ -143,35 +167,35 @@ def _shrink(maps: Tensor, max_side: int | None) -> Tensor:
 
 
 def plot_aggatt(rows: dict[str, Tensor], path: Path, *, percentiles: Sequence[float] = DEFAULT_PERCENTILES,
-                title: str = "", n: int | None = None, cell: int = 0, max_side: int = 24,
-                dpi: int = 72) -> Path:
+                title: str = "", n: int | None = None, cell: int = 0, style: MosaicStyle = MosaicStyle()) -> Path:
     """Methods x bins grid of normalised bin means (``rows``: label -> (nbins,1,H,W)).
 
     Each method is normalised once (:func:`aggatt_normalise`) at full resolution, then shown
-    average-pooled to at most ``max_side`` pixels a side; the scored ``cell`` is outlined."""
-    return _plot_rows({k: _shrink(aggatt_normalise(v), max_side) for k, v in rows.items()}, path,
+    average-pooled to at most ``style.max_side`` pixels a side; the scored ``cell`` is outlined."""
+    return _plot_rows({k: _shrink(aggatt_normalise(v), style.max_side) for k, v in rows.items()}, path,
                       col_titles=[f"{percentiles[c]:g}-{percentiles[c + 1]:g}%" for c in range(len(percentiles) - 1)],
-                      title=title, n=n, cell=cell, dpi=dpi)
+                      title=title, grid=(n, cell), style=style)
 
 
 def plot_aggatt_examples(rows: dict[str, Tensor], path: Path, *,
                          percentiles: Sequence[float] = DEFAULT_PERCENTILES, title: str = "",
-                         n: int | None = None, cell: int = 0, max_side: int = 24, dpi: int = 72,
-                         q: float = 99.5) -> Path:
+                         n: int | None = None, cell: int = 0, q: float = 99.5,
+                         style: MosaicStyle = MosaicStyle()) -> Path:
     """The paper's example panels: per method (``rows``: label -> (nbins,1,H,W) maps of each
     bin's median sample, :func:`bin_median_positions`), the positive part of each map, each
     normalised by its own ``q``-th percentile (Rao et al. 2022 supp. §H.4)."""
     normed = {k: torch.stack([aggatt_normalise(m[None], q)[0] for m in v]) for k, v in rows.items()}
-    return _plot_rows({k: _shrink(v, max_side) for k, v in normed.items()}, path,
+    return _plot_rows({k: _shrink(v, style.max_side) for k, v in normed.items()}, path,
                       col_titles=[f"median {percentiles[c]:g}-{percentiles[c + 1]:g}%"
                                   for c in range(len(percentiles) - 1)],
-                      title=title, n=n, cell=cell, dpi=dpi)
+                      title=title, grid=(n, cell), style=style)
 
 
 def _plot_rows(rows: dict[str, Tensor], path: Path, *, col_titles: Sequence[str], title: str,
-               n: int | None, cell: int, dpi: int, zoom: int = 2, pad: int = 2) -> Path:
+               grid: tuple[int | None, int], style: MosaicStyle) -> Path:
     """One mosaic image (rows x columns of maps in [0, 1]), drawn with a single ``imshow``:
-    fast for many methods and ``zoom`` screen pixels per map pixel, so the file stays small."""
+    fast for many methods and ``style.zoom`` screen pixels per map pixel, so the file stays
+    small. ``grid`` = (n, scored cell): the n x n cell lines and the outlined cell (-1: none)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +204,8 @@ def _plot_rows(rows: dict[str, Tensor], path: Path, *, col_titles: Sequence[str]
 
     from saliencybench.benchmark.report.plots import save_figure
 
+    n, cell = grid
+    dpi, zoom, pad = style.dpi, style.zoom, style.pad
     labels = list(rows)
     nb = len(col_titles)
     h, w = (int(v) for v in next(iter(rows.values())).shape[-2:]) if rows else (1, 1)

@@ -1,10 +1,10 @@
 """Spearman rank correlation of per-sample localization scores (Rao et al. 2022, supp. §C).
 
 :func:`spearman_matrix` correlates the per-(grid, cell) scores of every pair of
-(method, layer) labels over the samples both have (003 Fig. 19), :func:`spearman_versus` one
+(method, layer) labels over the samples both have (Rao et al. 2022 Fig. 19), :func:`spearman_versus` one
 pair (the leaderboard's measured value for a ``[[paper]]`` row with ``versus``);
 :func:`kernel_sweep_table` builds the S-IntGrad / S-IxG smoothing sweep against Grad-CAM at
-the final layer (003 supp. Tables 1-2). Both are pure functions of a long-format DataFrame;
+the final layer (Rao et al. 2022 supp. Tables 1-2). Both are pure functions of a long-format DataFrame;
 :func:`plot_spearman` draws the heatmap.
 """
 
@@ -47,7 +47,7 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 def spearman_versus(df: pd.DataFrame, a: str, b: str, *, label: str = "method", key: str = "sample_id",
                     value: str = "value") -> float:
     """Spearman's rho between the per-sample scores of ``label`` values ``a`` and ``b``, matched
-    on ``key`` (NaN when either is absent): one entry of 003 supp. Tables 1-2, e.g. a smoothed
+    on ``key`` (NaN when either is absent): one entry of Rao et al. 2022 supp. Tables 1-2, e.g. a smoothed
     method against Grad-CAM at the final layer."""
     sub = df[df[label].isin([a, b])]
     wide = sub.pivot_table(index=key, columns=label, values=value, aggfunc="first")
@@ -82,7 +82,7 @@ def kernel_sweep_table(df: pd.DataFrame, *, reference: str = "gradcam@final",
     """Spearman's rho of each smoothed method against ``reference`` per kernel size.
 
     Rows: (``group`` value, family); columns: ``Original`` (the unsmoothed method, if
-    present) then ``K=<k>`` in increasing k, as in 003 supp. Tables 1-2. Methods are
+    present) then ``K=<k>`` in increasing k, as in Rao et al. 2022 supp. Tables 1-2. Methods are
     recognised by the family regexes (default: ``s_intgrad_k<K>`` / ``s_ixg_k<K>``, with
     an optional ``@input`` suffix).
     """
