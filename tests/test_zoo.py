@@ -212,3 +212,25 @@ def test_shipped_checkpoints_are_read_by_the_one_loader(name: str) -> None:
     assert list(state) == list(raw) and all(torch.equal(state[k], raw[k]) for k in raw)
     model = load_checkpoint(MODELS.get(name).obj(pretrained=False), checkpoint_path(name))
     assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
+
+
+def test_models_datasets_training_import_one_way() -> None:
+    """datasets -> models (a grid dataset wraps its model), training -> both; models never
+    imports datasets or training, and none of the three imports benchmark."""
+    import ast
+    from pathlib import Path
+
+    import saliencybench
+
+    root = Path(saliencybench.__file__).parent
+    forbidden = {"models": ("datasets", "training", "benchmark"), "datasets": ("training", "benchmark"),
+                 "training": ("benchmark",)}
+    bad = []
+    for package, others in forbidden.items():
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                bad += [f"{path.relative_to(root)} imports {n}" for n in names
+                        if any(n == f"saliencybench.{o}" or n.startswith(f"saliencybench.{o}.") for o in others)]
+    assert not bad, bad

@@ -59,14 +59,6 @@ def import_timm() -> Any:
         ) from None
 
 
-def timm_available() -> bool:
-    try:
-        import_timm()
-    except MissingDependencyError:
-        return False
-    return True
-
-
 # -- names ------------------------------------------------------------------------------------
 def split_name(name: str, weights: str | None = None) -> tuple[str, str | None]:
     """``"resnet50.a1_in1k"`` -> ``("resnet50", "a1_in1k")``; ``weights`` is another spelling

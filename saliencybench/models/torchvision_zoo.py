@@ -205,7 +205,7 @@ def build_nib_vgg(name: str, *, num_classes: int | None = None, in_size: int = 3
 
     Builds ``saliencybench.models.nib.nib_vgg(cfg_name, num_classes, in_size)`` (imported
     here so that this module imports even while that one is missing). There are no published
-    weights: train with ``saliencybench.models.recipes.train_nib_vgg_cifar`` and pass the
+    weights: train with ``saliencybench.training.recipes.train_nib_vgg_cifar`` and pass the
     ``checkpoint``.
     """
     if weights not in (None, "", "none") or pretrained:
