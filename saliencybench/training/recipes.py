@@ -26,7 +26,7 @@ the recipe (``epochs``, ``batch_size``, ``lr``, ...) and of :class:`TrainOptions
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import fields, replace
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -271,6 +271,6 @@ def run_recipe(name: str, **kw: Any) -> dict[str, Any]:
     if name not in RECIPES:
         raise KeyError(f"unknown training recipe {name!r}{did_you_mean(name, RECIPES, quote=False)} "
                        f"(recipes: {', '.join(RECIPES)})")
-    _, options, rest = split_overrides(RESNET50_CUB, TrainOptions(num_workers=4), kw)
-    recipe_kw = {k: v for k, v in kw.items() if k in rest or k in Recipe.__dataclass_fields__}
-    return RECIPES[name](options=options, **recipe_kw)
+    option_keys = {f.name for f in fields(TrainOptions)}
+    options = replace(TrainOptions(num_workers=4), **{k: v for k, v in kw.items() if k in option_keys})
+    return RECIPES[name](options=options, **{k: v for k, v in kw.items() if k not in option_keys})
