@@ -105,7 +105,8 @@ def make_fake_cifar(root: Path, name: str = "cifar10", n_per_file: int = 20) -> 
     """
     rng = np.random.default_rng(0 if name == "cifar10" else 1)
     if name == "cifar10":
-        folder, files, n_cls = root / "cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"], 10
+        files = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+        folder, n_cls = root / "cifar-10-batches-py", 10
         key, meta_name, meta_key = "labels", "batches.meta", "label_names"
     else:
         folder, files, n_cls = root / "cifar-100-python", ["train", "test"], 100

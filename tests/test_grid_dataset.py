@@ -11,6 +11,7 @@ from torch import nn
 from saliencybench.core.registry import DATASETS, register_dataset
 from saliencybench.core.types import Normalization, SampleSet
 from saliencybench.datasets.grid import (
+    GridOptions,
     GridSampleSet,
     GridThresholdWarning,
     build_grid_samples,
@@ -73,7 +74,8 @@ def _quiet(fn, *a, **kw):
 
 def test_gridpg_layout_distinct_classes_and_samples(base_and_model):
     base, model = base_and_model
-    ds = _quiet(build_grid_samples, base, model, setting="gridpg", n=2, n_samples=20, seed=3, threshold=0.9)
+    opts = GridOptions(setting="gridpg", n=2, n_samples=20, seed=3, threshold=0.9)
+    ds = _quiet(build_grid_samples, base, model, opts)
     assert isinstance(ds, GridSampleSet) and len(ds) == 20
     assert ds.image_size == (16, 16) and ds.num_classes == 4 * K
     src = ds.info["grid_sources"]
@@ -108,7 +110,7 @@ def test_gridpg_layout_distinct_classes_and_samples(base_and_model):
 @pytest.mark.parametrize("setting", ["difull", "dipart"])
 def test_difull_dipart_repeat_top_left_class_and_score_corners(base_and_model, setting):
     base, model = base_and_model
-    ds = _quiet(build_grid_samples, base, model, setting=setting, n=2, n_samples=12, seed=0, threshold=0.9)
+    ds = _quiet(build_grid_samples, base, model, GridOptions(setting=setting, n=2, n_samples=12, seed=0, threshold=0.9))
     pos = {sid: i for i, sid in enumerate(base.sample_ids)}
     for row in ds.info["grid_sources"]:
         cls = [int(base.y[pos[s]]) for s in row]
@@ -132,18 +134,19 @@ def test_difull_dipart_repeat_top_left_class_and_score_corners(base_and_model, s
 
 def test_3x3_grids(base_and_model):
     base, model = base_and_model
-    ds = _quiet(build_grid_samples, base, model, setting="difull", n=3, n_samples=4, seed=0, threshold=0.5)
+    ds = _quiet(build_grid_samples, base, model, GridOptions(setting="difull", n=3, n_samples=4, seed=0, threshold=0.5))
     assert ds.image_size == (24, 24) and ds.num_classes == 9 * K
     assert [s[-2:] for s in ds.sample_ids] == ["c0", "c8", "c0", "c8"]
     with pytest.raises(ValueError, match="distinct classes"):
-        _quiet(build_grid_samples, base, model, setting="gridpg", n=4, n_samples=16)  # 10 classes < 16 cells
+        # 10 classes < 16 cells
+        _quiet(build_grid_samples, base, model, GridOptions(setting="gridpg", n=4, n_samples=16))
 
 
 def test_grid_construction_is_deterministic(base_and_model):
     base, model = base_and_model
-    a = _quiet(build_grid_samples, base, model, setting="gridpg", n_samples=16, seed=7, threshold=0.9)
-    b = _quiet(build_grid_samples, base, model, setting="gridpg", n_samples=16, seed=7, threshold=0.9)
-    c = _quiet(build_grid_samples, base, model, setting="gridpg", n_samples=16, seed=8, threshold=0.9)
+    a = _quiet(build_grid_samples, base, model, GridOptions(setting="gridpg", n_samples=16, seed=7, threshold=0.9))
+    b = _quiet(build_grid_samples, base, model, GridOptions(setting="gridpg", n_samples=16, seed=7, threshold=0.9))
+    c = _quiet(build_grid_samples, base, model, GridOptions(setting="gridpg", n_samples=16, seed=8, threshold=0.9))
     assert a.info["grid_sources"] == b.info["grid_sources"]
     assert torch.equal(a.grids, b.grids) and a.sample_ids == b.sample_ids and torch.equal(a.y, b.y)
     assert a.info["grid_sources"] != c.info["grid_sources"]
@@ -158,14 +161,14 @@ def test_threshold_lowered_with_warning_and_recorded(base_and_model):
     n99 = int((correct & (conf >= 0.99)).sum())
     needed_grids = n99 // 4 + 3  # more cells than images at 0.99
     with pytest.warns(GridThresholdWarning, match="threshold lowered"):
-        ds = build_grid_samples(base, model, setting="gridpg", n_samples=4 * needed_grids, seed=0)
+        ds = build_grid_samples(base, model, GridOptions(setting="gridpg", n_samples=4 * needed_grids, seed=0))
     assert ds.info["threshold_requested"] == 0.99
     assert ds.info["threshold_used"] < 0.99
     assert ds.info["n_qualifying"] >= 4 * needed_grids
     # enough at the requested threshold: no warning, threshold kept
     with warnings.catch_warnings():
         warnings.simplefilter("error", GridThresholdWarning)
-        ok = build_grid_samples(base, model, setting="gridpg", n_samples=4, seed=0, threshold=0.99)
+        ok = build_grid_samples(base, model, GridOptions(setting="gridpg", n_samples=4, seed=0, threshold=0.99))
     assert ok.info["threshold_used"] == 0.99
 
 
@@ -221,9 +224,9 @@ def test_strict_selection_raises_instead_of_lowering_the_threshold(base_and_mode
 
     base, model = base_and_model
     with pytest.raises(GridSelectionError, match="min_confidence_fallback"):
-        build_grid_samples(base, model, n_samples=400, threshold=0.99, min_confidence_fallback=False)
+        build_grid_samples(base, model, GridOptions(n_samples=400, threshold=0.99, min_confidence_fallback=False))
     with pytest.warns(GridThresholdWarning):  # the default suites keep the documented fallback
-        build_grid_samples(base, model, n_samples=400, threshold=0.99)
+        build_grid_samples(base, model, GridOptions(n_samples=400, threshold=0.99))
 
 
 def test_suite_selection_is_the_same_for_every_model(base_and_model):
@@ -270,7 +273,8 @@ def test_paper_suite_selection_and_ig_steps():
 
     import tomllib
 
-    data = tomllib.loads((Path(__file__).resolve().parents[1] / "saliencybench" / "configs" / "rao2022-gridpg.toml").read_text())
+    configs = Path(__file__).resolve().parents[1] / "saliencybench" / "configs"
+    data = tomllib.loads((configs / "rao2022-gridpg.toml").read_text())
     for name, ds in data["datasets"].items():
         assert "pool" not in ds, name
         assert ds["select_models"] == "suite" and ds["min_confidence_fallback"] is False
@@ -278,5 +282,5 @@ def test_paper_suite_selection_and_ig_steps():
     ig = {k: v for k, v in data["methods"].items() if v.get("base") in ("integrated_gradients", "s_intgrad")}
     assert len(ig) == 9
     assert all(v.get("steps") == 20 for v in ig.values()), ig
-    default = tomllib.loads((Path(__file__).resolve().parents[1] / "saliencybench" / "configs" / "gridpg-default.toml").read_text())
+    default = tomllib.loads((configs / "gridpg-default.toml").read_text())
     assert all(ds["min_confidence_fallback"] is True for ds in default["datasets"].values())

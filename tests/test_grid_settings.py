@@ -180,7 +180,7 @@ def test_difull_zero_gradient_outside_scored_cell(arch):
     masks = cell_masks((64, 64), n)[cells]
     assert torch.all(grad * (1 - masks) == 0)  # exactly zero, not just small
     assert torch.all((grad * masks).flatten(1).abs().sum(1) > 0)
-    # saliency (|grad|) and IxG both localize perfectly (003 supp. §A)
+    # saliency (|grad|) and IxG both localize perfectly (Rao et al. 2022, supp. §A)
     assert torch.equal(localization_score(grad.abs().sum(1, keepdim=True), masks), torch.ones(4))
     score = localization_score(attr, masks)
     assert torch.all((score == 1.0) | ((attr * masks).clamp(min=0).sum((1, 2, 3)) == 0))
@@ -270,7 +270,7 @@ def test_bad_split_is_detected():
     ("ixg", {"layer": "middle"}),
 ])
 def test_difull_registered_gradient_methods_localize_exactly(method, params):
-    """003 supp. §A: on DiFull, gradient methods give exactly 1.0 (through compute_attribution).
+    """Rao et al. 2022, supp. §A: on DiFull, gradient methods give exactly 1.0 (through compute_attribution).
     ``middle`` here is a full-resolution layer, so no upsampling is involved."""
     from saliencybench.attributions.base import compute_attribution
 
@@ -289,7 +289,8 @@ def test_difull_registered_gradient_methods_localize_exactly(method, params):
 
 def test_difull_low_resolution_layer_leaks_only_through_bilinear_upsampling():
     """At a half-resolution layer the layer map itself is zero outside the cell, but the
-    bilinear upsampling (DESIGN; also 003's code) spreads it one pixel into the neighbours."""
+    bilinear upsampling (the benchmark's convention; also Rao et al.'s code) spreads it one pixel into the
+    neighbours."""
     from saliencybench.attributions.base import compute_attribution
 
     torch.manual_seed(0)
@@ -311,7 +312,8 @@ def test_layer_occlusion_runs_in_every_setting(setting):
     torch.manual_seed(0)
     w = GridSetting(SmallRFNet().eval(), setting, 2)
     x = torch.randn(2, 3, 32, 32)
-    maps = compute_attribution("occlusion", w, x, torch.tensor([1, 5 + 2]), params={"layer": "final", "window": 3, "stride": 2})
+    params = {"layer": "final", "window": 3, "stride": 2}
+    maps = compute_attribution("occlusion", w, x, torch.tensor([1, 5 + 2]), params=params)
     assert maps.shape == (2, 1, 32, 32) and torch.isfinite(maps).all()
 
 

@@ -52,7 +52,7 @@ def test_paper_numbers_refer_to_what_the_suite_runs(name):
         assert {"dataset", "model", "method", "metric", "value", "source"} <= set(r), r
         assert r["dataset"] in suite["datasets"] and r["model"] in suite["models"]
         assert r["method"] in suite["methods"], r["method"]
-        if r["metric"] == "spearman":          # 003 supp. Tables 1-2: a correlation between two methods
+        if r["metric"] == "spearman":          # Rao et al. 2022, supp. Tables 1-2: a correlation between two methods
             assert r["versus"] in suite["methods"]
         else:
             assert r["metric"] in suite["metrics"], r["metric"]
@@ -98,7 +98,7 @@ def test_suite_loads_with_the_package_config_loader(name):
 
 @pytest.mark.parametrize("name", ["rao2022-gridpg", "gridpg-default"])
 def test_gridpg_suites_cover_cams_at_the_input_and_rise_at_layers(name):
-    """003 Fig. 9 / official code: CAM methods at the input layer and RISE at the middle and
+    """Rao et al. 2022, Fig. 9 / official code: CAM methods at the input layer and RISE at the middle and
     final layers are part of the localization suites."""
     from saliencybench.benchmark.config import load_config
     from saliencybench.benchmark.runner import resolve_suite

@@ -1,4 +1,5 @@
-"""Training recipes: hyper-parameters of papers 000/004, schedules, early stopping, tiny runs."""
+"""Training (saliencybench.training): recipe hyper-parameters (Otsuki et al. 2024, supp. Table A;
+Lee & Chang 2021, Sec. 4), schedules, early stopping, the one loop on tiny runs."""
 
 from __future__ import annotations
 
@@ -11,8 +12,9 @@ from fixtures_real import make_fake_cifar, make_fake_cub, skip_md5
 from torch.utils.data import TensorDataset
 
 from saliencybench.core.registry import MODELS
-from saliencybench.models import recipes as R
 from saliencybench.models.checkpoint import load_checkpoint, read_state_dict
+from saliencybench.training import recipes as R
+from saliencybench.training.loop import TrainOptions
 
 
 def test_recipe_hyperparameters_match_the_papers():
@@ -70,8 +72,9 @@ def _toy_data(n: int, seed: int) -> TensorDataset:
 def test_train_classifier_one_epoch_writes_a_reloadable_checkpoint(tmp_path):
     torch.manual_seed(0)
     model = TinyCNN()
-    res = R.train_classifier(model, _toy_data(24, 0), _toy_data(8, 1), R.NIB_VGG_CIFAR10, epochs=1,
-                             batch_size=8, out=tmp_path / "ck" / "tiny.pt", arch="tiny", log=None)
+    recipe = R.with_overrides(R.NIB_VGG_CIFAR10, epochs=1, batch_size=8)
+    res = R.train_classifier(model, _toy_data(24, 0), _toy_data(8, 1), recipe, TrainOptions(log=None),
+                             out=tmp_path / "ck" / "tiny.pt", meta={"arch": "tiny"})
     assert res["epochs"] == 1 and math.isfinite(res["train_loss"]) and math.isfinite(res["val_loss"])
     assert 0.0 <= res["val_accuracy"] <= 1.0 and not model.training
     fresh = TinyCNN()
@@ -85,12 +88,12 @@ def test_train_classifier_one_epoch_writes_a_reloadable_checkpoint(tmp_path):
 
 def test_train_classifier_stops_early_and_keeps_the_best_epoch(tmp_path):
     # lr 0: the validation loss never improves after epoch 1, so patience 2 stops after epoch 3
-    recipe = R.with_overrides(R.RESNET50_CUB, lr=0.0, patience=2)
+    recipe = R.with_overrides(R.RESNET50_CUB, lr=0.0, patience=2, epochs=20, batch_size=8)
     torch.manual_seed(0)
     model = TinyCNN()
     before = {k: v.clone() for k, v in model.state_dict().items()}
-    res = R.train_classifier(model, _toy_data(16, 0), _toy_data(8, 1), recipe, epochs=20, batch_size=8,
-                             out=tmp_path / "es.pt", log=None)
+    res = R.train_classifier(model, _toy_data(16, 0), _toy_data(8, 1), recipe, TrainOptions(log=None),
+                             out=tmp_path / "es.pt")
     assert res["stopped_early"] and res["epochs"] == 3 and res["best_epoch"] == 1
     state = read_state_dict(res["path"])
     assert all(torch.equal(state[k], v) for k, v in before.items())
@@ -106,7 +109,8 @@ def test_training_divergence_is_reported():
             return torch.full((x.shape[0], 5), float("nan")) * self.w
 
     with pytest.raises(RuntimeError, match="training loss became nan"):
-        R.train_classifier(Nan(), _toy_data(8, 0), None, R.NIB_VGG_CIFAR10, epochs=1, batch_size=8, log=None)
+        R.train_classifier(Nan(), _toy_data(8, 0), None, R.with_overrides(R.NIB_VGG_CIFAR10, epochs=1, batch_size=8),
+                           TrainOptions(log=None))
 
 
 def test_nib_vgg_cifar_recipe_runs_one_tiny_epoch(tmp_path, monkeypatch):
@@ -122,8 +126,9 @@ def test_nib_vgg_cifar_recipe_runs_one_tiny_epoch(tmp_path, monkeypatch):
 
 def _cub_recipe_one_epoch(tmp_path, arch: str) -> None:
     make_fake_cub(tmp_path / "cub", n_classes=3, train_per_class=3, test_per_class=1, segmentations=False)
-    res = R.finetune_resnet50_cub(root=tmp_path / "cub", weights=None, epochs=1, batch_size=6, image_size=32,
-                                  val_size=3, num_workers=0, out=tmp_path / f"{arch}.pt", arch=arch, log=None)
+    res = R.finetune_resnet50_cub(TrainOptions(num_workers=0, log=None), root=tmp_path / "cub", weights=None,
+                                  epochs=1, batch_size=6, image_size=32, val_size=3, out=tmp_path / f"{arch}.pt",
+                                  arch=arch)
     assert res["epochs"] == 1 and math.isfinite(res["train_loss"]) and math.isfinite(res["val_loss"])
     saved = torch.load(res["path"], weights_only=True)
     assert saved["num_classes"] == 3 and saved["recipe"]["patience"] == 6 and saved["arch"] == arch
@@ -144,3 +149,19 @@ def test_resnet50_cub_recipe_runs_one_tiny_epoch(tmp_path):
 def test_unknown_recipe_suggests_names():
     with pytest.raises(KeyError, match="did you mean resnet50_cub"):
         R.run_recipe("resnet50-cub")
+
+
+def test_one_loop_and_one_format_for_every_recipe(tmp_path):
+    """The zoo recipes are recipes like the others: same loop (AdamW + one-cycle here) and the
+    checkpoint format of save_checkpoint; overrides of unknown keys are refused."""
+    zoo = R.ZOO_RECIPES["sb_vgg"]
+    assert (zoo.optimizer, zoo.one_cycle_pct, zoo.lr, zoo.epochs, zoo.batch_size, zoo.n_train) == \
+        ("adamw", 0.2, 4e-3, 8, 64, 8000)
+    assert isinstance(R.make_optimizer(torch.nn.Linear(2, 2), zoo), torch.optim.AdamW)
+    torch.manual_seed(0)
+    model = TinyCNN()
+    recipe = R.with_overrides(zoo, epochs=2, batch_size=8)
+    res = R.train_classifier(model, _toy_data(16, 0), None, recipe, TrainOptions(log=None), out=tmp_path / "z.pt")
+    assert res["epochs"] == 2 and set(torch.load(res["path"], weights_only=True)) >= {"state_dict", "recipe"}
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        R.train_model("sb_vgg", epochs=1, colour="red")

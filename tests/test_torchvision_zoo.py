@@ -168,7 +168,7 @@ def test_checkpoint_errors_are_specific(tmp_path):
         load_checkpoint(src, tmp_path / "nostate.pt")
 
 
-# -- NIB-VGG (paper 004) ------------------------------------------------------------------------
+# -- NIB-VGG (Lee & Chang 2021) --------------------------------------------------------------------
 def test_nib_vgg_sizes_are_registered_and_bias_free():
     pytest.importorskip("saliencybench.models.nib")
     convs = {"nib_vgg13_6": 4, "nib_vgg13_4": 6, "nib_vgg13_2": 8, "nib_vgg13": 10, "nib_vgg16": 13}

@@ -1,4 +1,6 @@
-"""Default model zoo, NIB layers / VGGs of paper 004, shipped checkpoints, training entry point."""
+"""Default model zoo, NIB layers / VGGs, shipped checkpoints, training entry point.
+
+NIB layers follow Lee & Chang 2021 (Sec. 3, Table 1)."""
 
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ def test_256() -> tuple[torch.Tensor, torch.Tensor]:
     return SYNTHETIC_NORMALIZATION.from_pixel(pixels), labels
 
 
-# --- NIB batch norm and NIB VGG (paper 004) ----------------------------------------------
+# --- NIB batch norm and NIB VGG (Lee & Chang 2021) ----------------------------------------
 
 def test_nib_batchnorm_zero_in_zero_out_and_no_centring() -> None:
     bn = NIBBatchNorm2d(4)
@@ -52,11 +54,12 @@ def test_nib_vgg_configs_on_cifar_size(cfg: str) -> None:
     assert all(getattr(m, "bias", None) is None for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear)))
     assert not any(isinstance(m, nn.BatchNorm2d) for m in model.modules())
     n_layers = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
-    assert n_layers == {"vgg13-6": 7, "vgg13-4": 9, "vgg13-2": 11, "vgg13": 13, "vgg16": 16}[cfg]  # 004 Table 3
+    # Lee & Chang 2021, Table 3
+    assert n_layers == {"vgg13-6": 7, "vgg13-4": 9, "vgg13-2": 11, "vgg13": 13, "vgg16": 16}[cfg]
     x = torch.randn(2, 3, 32, 32)
     out = model(x)
     assert out.shape == (2, 10)
-    # No implicit bias: f(0) = 0 and f is positively homogeneous, f(a x) = a f(x) (004 Eq. 8).
+    # No implicit bias: f(0) = 0 and f is positively homogeneous, f(a x) = a f(x) (Lee & Chang 2021, Eq. 8).
     assert torch.equal(model(torch.zeros(1, 3, 32, 32)), torch.zeros(1, 10))
     torch.testing.assert_close(model(2.5 * x), 2.5 * out, rtol=1e-4, atol=1e-5)
 
@@ -148,7 +151,8 @@ def test_checkpoint_round_trip_and_head_replacement(tmp_path) -> None:
 
 @pytest.mark.slow  # end-to-end run of the training command (a few seconds)
 def test_train_model_smoke(tmp_path, monkeypatch) -> None:
-    import saliencybench.models.train as train_mod
+    import saliencybench.training.recipes as train_mod
+    from saliencybench.models.checkpoint import read_state_dict
 
     cache: dict = {}
 
@@ -164,10 +168,12 @@ def test_train_model_smoke(tmp_path, monkeypatch) -> None:
     res = train_model("sb_nibvgg", epochs=1, n_train=64, batch_size=32, out=out, progress=False, eval_n=32)
     assert out.is_file() and set(res) >= {"accuracy", "epochs", "seconds"}
     assert res["epochs"] == 1 and 0.0 <= res["accuracy"] <= 1.0
-    state = torch.load(out, weights_only=True)
+    saved = torch.load(out, weights_only=True)  # the one format: {"state_dict": ..., "arch": ..., ...}
+    assert saved["arch"] == "sb_nibvgg" and saved["recipe"]["optimizer"] == "adamw" and len(saved["history"]) == 1
+    state = read_state_dict(out)
     out2 = tmp_path / "again.pt"
     train_model("sb_nibvgg", epochs=1, n_train=64, batch_size=32, out=out2, progress=False, eval_n=32)
-    state2 = torch.load(out2, weights_only=True)
+    state2 = read_state_dict(out2)
     assert all(torch.equal(state[k], state2[k]) for k in state)  # seeded and deterministic
     MODELS.get("sb_nibvgg").obj(checkpoint=str(out))  # loads with weights_only=True
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
@@ -186,3 +192,45 @@ def test_shape_mismatch_outside_the_head_is_an_error(tmp_path):
     torch.save(state, bad)
     with pytest.raises(CheckpointError, match="shape mismatch"):
         sb_vgg(checkpoint=str(bad))
+
+
+def test_zoo_class_count_is_the_synthetic_datasets() -> None:
+    """``models`` never imports ``datasets``: the zoo keeps its own constant, checked here."""
+    from saliencybench.datasets.synthetic import CLASS_NAMES, NUM_CLASSES
+    from saliencybench.models import zoo
+
+    assert zoo.NUM_CLASSES == NUM_CLASSES == len(CLASS_NAMES)
+
+
+@pytest.mark.parametrize("name", ZOO)
+def test_shipped_checkpoints_are_read_by_the_one_loader(name: str) -> None:
+    """The shipped files are bare state dicts; the one loader reads them unchanged."""
+    from saliencybench.models.checkpoint import load_checkpoint, read_state_dict
+
+    raw = torch.load(checkpoint_path(name), map_location="cpu", weights_only=True)
+    state = read_state_dict(checkpoint_path(name))
+    assert list(state) == list(raw) and all(torch.equal(state[k], raw[k]) for k in raw)
+    model = load_checkpoint(MODELS.get(name).obj(pretrained=False), checkpoint_path(name))
+    assert all(torch.equal(v, raw[k]) for k, v in model.state_dict().items())
+
+
+def test_models_datasets_training_import_one_way() -> None:
+    """datasets -> models (a grid dataset wraps its model), training -> both; models never
+    imports datasets or training, and none of the three imports benchmark."""
+    import ast
+    from pathlib import Path
+
+    import saliencybench
+
+    root = Path(saliencybench.__file__).parent
+    forbidden = {"models": ("datasets", "training", "benchmark"), "datasets": ("training", "benchmark"),
+                 "training": ("benchmark",)}
+    bad = []
+    for package, others in forbidden.items():
+        for path in sorted((root / package).rglob("*.py")):
+            for node in ast.walk(ast.parse(path.read_text())):
+                names = ([a.name for a in node.names] if isinstance(node, ast.Import)
+                         else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+                bad += [f"{path.relative_to(root)} imports {n}" for n in names
+                        if any(n == f"saliencybench.{o}" or n.startswith(f"saliencybench.{o}.") for o in others)]
+    assert not bad, bad

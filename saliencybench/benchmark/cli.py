@@ -504,7 +504,7 @@ def cmd_merge(args) -> int:
 
 def cmd_train(args) -> int:
     from saliencybench.core.registry import MODELS
-    from saliencybench.models.recipes import RECIPES, run_recipe
+    from saliencybench.training.recipes import RECIPES, run_recipe
 
     kw = {"seed": args.seed}
     if args.model in RECIPES:
@@ -520,7 +520,7 @@ def cmd_train(args) -> int:
     if args.model not in MODELS:
         raise UsageError(f"'{args.model}' is neither a default-zoo model nor a recipe "
                          f"({', '.join(sorted(RECIPES))})")
-    from saliencybench.models.train import train_model
+    from saliencybench.training.recipes import train_model
 
     if args.epochs is not None:
         kw["epochs"] = args.epochs

@@ -72,8 +72,14 @@ class SampleSet:
     - ``normalization``: the :class:`Normalization` of ``x``;
     - ``num_classes``, ``image_size`` (H, W), ``class_names`` (optional);
     - ``name``: dataset registry name;
-    - ``info``: free metadata recorded in the run manifest (split, root, counts, ...).
+    - ``info``: free metadata recorded in the run manifest (split, root, counts, ...);
+    - ``wrap_model``: optional; a function that turns the base model into the model these
+      samples are evaluated with (the grid datasets set it: an n x n grid model around the
+      base classifier); None (the default) evaluates the model as it is.
     """
+
+    #: The model wrapper these samples need (None: none); set by the dataset that builds them.
+    wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 
     def __init__(
         self,
@@ -124,11 +130,13 @@ class SampleSet:
 
     def subset(self, indices: Sequence[int]) -> "SampleSet":
         b = self.get(indices)
-        return SampleSet(
+        out = SampleSet(
             b.x, b.y, normalization=self.normalization, num_classes=self.num_classes,
             sample_ids=b.sample_ids, mask=b.mask, name=self.name,
             class_names=self.class_names, info=self.info,
         )
+        out.wrap_model = self.wrap_model
+        return out
 
 
 AttributeFn = Callable[..., Tensor]

@@ -1,4 +1,4 @@
-"""CIFAR-10 / CIFAR-100 through torchvision, normalised as in Lee & Chang (paper 004).
+"""CIFAR-10 / CIFAR-100 through torchvision, normalised as in Lee & Chang 2021.
 
 Layout (torchvision's, as unpacked from the official python archives)::
 
@@ -6,9 +6,9 @@ Layout (torchvision's, as unpacked from the official python archives)::
     ROOT/cifar-100-python/{train, test, meta}
 
 ``download=True`` is passed through to ``torchvision.datasets.CIFAR10/100`` for users who are
-online. Normalisation (paper 004, §4 "Experiment Setup"): per-channel mean (0.507, 0.487,
+online. Normalisation (Lee & Chang 2021, §4 "Experiment Setup"): per-channel mean (0.507, 0.487,
 0.441) and standard deviation (0.267, 0.256, 0.276), for both CIFAR-10 and CIFAR-100.
-CIFAR has no validation split; ``split="val"`` is the test split (what papers 003 and 004
+CIFAR has no validation split; ``split="val"`` is the test split (what Rao et al. 2022 and Lee & Chang 2021
 call the validation set).
 """
 
@@ -101,23 +101,22 @@ def _cifar(name: str, *, split: str, n_samples: int | None, seed: int,
                      class_names=list(ds.classes), info=info)
 
 
-@register_dataset("cifar10", kind="real", paper="Lee & Chang 2021", env_var=ENV_VAR,
-                  num_classes=10, default_split="test")
-def cifar10(*, split: str = "test", n_samples: int | None = None, seed: int = 0,
-            root: str | Path | None = None, image_size: int = 32, download: bool = False,
-            **kw: Any) -> SampleSet:
-    """CIFAR-10 samples (root: ``root`` / ``$SALIENCYBENCH_CIFAR`` / ``~/data/cifar``)."""
-    _warn_unused("cifar10", kw)
-    return _cifar("cifar10", split=split, n_samples=n_samples, seed=seed, root=root,
-                  image_size=image_size, download=download)
+def _cifar_factory(name: str, num_classes: int) -> Callable[..., SampleSet]:
+    """Register CIFAR variant ``name`` and return its dataset factory."""
+
+    def factory(*, split: str = "test", n_samples: int | None = None, seed: int = 0,
+                root: str | Path | None = None, image_size: int = 32, download: bool = False,
+                **kw: Any) -> SampleSet:
+        _warn_unused(name, kw)
+        return _cifar(name, split=split, n_samples=n_samples, seed=seed, root=root,
+                      image_size=image_size, download=download)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = (f"CIFAR-{name[len('cifar'):]} samples (root: ``root`` / ``$SALIENCYBENCH_CIFAR`` / "
+                       "``~/data/cifar``).")
+    return register_dataset(name, kind="real", paper="Lee & Chang 2021", env_var=ENV_VAR,
+                            num_classes=num_classes, default_split="test")(factory)
 
 
-@register_dataset("cifar100", kind="real", paper="Lee & Chang 2021", env_var=ENV_VAR,
-                  num_classes=100, default_split="test")
-def cifar100(*, split: str = "test", n_samples: int | None = None, seed: int = 0,
-             root: str | Path | None = None, image_size: int = 32, download: bool = False,
-             **kw: Any) -> SampleSet:
-    """CIFAR-100 samples (root: ``root`` / ``$SALIENCYBENCH_CIFAR`` / ``~/data/cifar``)."""
-    _warn_unused("cifar100", kw)
-    return _cifar("cifar100", split=split, n_samples=n_samples, seed=seed, root=root,
-                  image_size=image_size, download=download)
+cifar10 = _cifar_factory("cifar10", 10)
+cifar100 = _cifar_factory("cifar100", 100)

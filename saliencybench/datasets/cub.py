@@ -23,7 +23,8 @@ transform of Otsuki et al. 2024 (github.com/keio-smilab24/LRP-for-ResNet, ``data
 the shorter side resized to ``int(S / 0.875)`` (256 for S = 224, bilinear) and a central
 S x S crop. ``resize="square"`` resizes the whole image to S x S without a crop (supplement A:
 "resized to a uniform dimension of 224 x 224 pixels"). Images are normalised with the
-ImageNet statistics of the ImageNet-pretrained ResNet50; masks follow the same geometry. ``SampleSet.mask`` holds the binarised segmentation (threshold 0.5) or, where no
+ImageNet statistics of the ImageNet-pretrained ResNet50; masks follow the same geometry.
+``SampleSet.mask`` holds the binarised segmentation (threshold 0.5) or, where no
 segmentation is present, the bounding box.
 """
 
@@ -32,7 +33,7 @@ from __future__ import annotations
 import math
 import os
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -258,44 +259,36 @@ def load_split(root: str | Path | None, *, val_size: int = VAL_SIZE,
     return meta, split_indices(meta.labels, meta.is_train, val_size=val_size, split_seed=split_seed)
 
 
-@register_dataset("cub", kind="real", paper="Otsuki et al. 2024 (supplement A)", env_var=ENV_VAR,
-                  num_classes=200, default_split="test", has_mask=True)
-def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
-        root: str | Path | None = None, image_size: int = 224, mask: str = "auto",
-        val_size: int = VAL_SIZE, split_seed: int = 0, num_workers: int | None = None,
-        resize: str = "center_crop", **kw: Any) -> SampleSet:
-    """CUB-200-2011 samples of ``split`` (train / val / test / trainval / all) with object masks.
+@dataclass(frozen=True)
+class CubOptions:
+    """The CUB factory's loading options (all keywords of :func:`cub` besides the common ones).
 
-    ``resize``: "center_crop" (official test transform, Resize(int(S / 0.875)) + CenterCrop(S))
-    or "square" (S x S, no crop); see the module doc.
-
-    ``mask``: "auto" (segmentation where present, else bounding box), "segmentation",
-    "bbox" or "none". ``n_samples`` class-balanced with ``seed`` (``None`` = all).
+    ``mask``: "auto" (segmentation where present, else bounding box), "segmentation", "bbox"
+    or "none"; ``resize``: "center_crop" (official test transform, Resize(int(S / 0.875)) +
+    CenterCrop(S)) or "square" (S x S, no crop); ``val_size`` / ``split_seed``: the validation
+    split carved from the training images; ``num_workers``: image-loading threads (None: up to 8).
     """
-    _warn_unused("cub", kw)
-    if split not in SPLITS:
-        raise ValueError(f"cub: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if mask not in ("auto", "segmentation", "bbox", "none"):
-        raise ValueError(f"cub: mask must be auto / segmentation / bbox / none, got {mask!r}")
-    if resize not in RESIZES:
-        raise ValueError(f"cub: resize must be one of {', '.join(RESIZES)}, got {resize!r}")
-    meta, splits = load_split(root, val_size=val_size, split_seed=split_seed)
-    if mask == "segmentation" and meta.segmentation_dir is None:
-        raise DataRootError("cub", meta.cub_dir, "segmentation masks not found",
-                            expected=["segmentations/", "../segmentations/"],
-                            fix="download segmentations.tgz from "
-                                "https://www.vision.caltech.edu/datasets/cub_200_2011/ and run "
-                                f"tar -xzf segmentations.tgz -C {meta.cub_dir.parent}")
-    pool_idx = splits[split]
-    chosen_local = class_balanced_indices([meta.labels[i] for i in pool_idx], n_samples, seed=seed)
-    chosen = [pool_idx[j] for j in chosen_local]
-    missing = [str(meta.image_path(i)) for i in chosen if not meta.image_path(i).is_file()]
-    if missing:
-        raise DataRootError("cub", meta.cub_dir, f"{len(missing)} image file(s) listed in images.txt "
-                            f"are missing, e.g. {missing[0]}", expected=["images/<class>/<file>.jpg"],
-                            fix=_FIX)
+
+    mask: str = "auto"
+    val_size: int = VAL_SIZE
+    split_seed: int = 0
+    num_workers: int | None = None
+    resize: str = "center_crop"
+
+    def check(self, split: str) -> None:
+        if split not in SPLITS:
+            raise ValueError(f"cub: unknown split {split!r}; choose one of {', '.join(SPLITS)}")
+        if self.mask not in ("auto", "segmentation", "bbox", "none"):
+            raise ValueError(f"cub: mask must be auto / segmentation / bbox / none, got {self.mask!r}")
+        if self.resize not in RESIZES:
+            raise ValueError(f"cub: resize must be one of {', '.join(RESIZES)}, got {self.resize!r}")
+
+
+def _load_images(meta: CUBMetadata, chosen: list[int], image_size: int,
+                 opts: CubOptions) -> list[tuple[Tensor, Tensor | None, str]]:
+    """(uint8 image, mask or None, mask source) of every chosen image, on ``opts.num_workers`` threads."""
+    mask, resize = opts.mask, opts.resize
     to_tensor = image_transform(image_size, resize)
-    sources: list[str] = []
 
     def one(i: int) -> tuple[Tensor, Tensor | None, str]:
         img = open_rgb(meta.image_path(i))
@@ -312,22 +305,59 @@ def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
             return x, box_mask_cropped(meta.boxes[i], img.size, image_size), "bbox"
         return x, box_mask(meta.boxes[i], img.size, (image_size, image_size)), "bbox"
 
-    workers = num_workers if num_workers is not None else min(8, os.cpu_count() or 1)
+    workers = opts.num_workers if opts.num_workers is not None else min(8, os.cpu_count() or 1)
     if workers <= 1:
-        loaded = [one(i) for i in chosen]
-    else:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            loaded = list(pool.map(one, chosen))
+        return [one(i) for i in chosen]
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(one, chosen))
+
+
+def _choose(meta: CUBMetadata, pool_idx: list[int], n_samples: int | None, seed: int, opts: CubOptions) -> list[int]:
+    """Class-balanced choice from ``pool_idx``; checks that the masks and image files exist."""
+    if opts.mask == "segmentation" and meta.segmentation_dir is None:
+        raise DataRootError("cub", meta.cub_dir, "segmentation masks not found",
+                            expected=["segmentations/", "../segmentations/"],
+                            fix="download segmentations.tgz from "
+                                "https://www.vision.caltech.edu/datasets/cub_200_2011/ and run "
+                                f"tar -xzf segmentations.tgz -C {meta.cub_dir.parent}")
+    chosen_local = class_balanced_indices([meta.labels[i] for i in pool_idx], n_samples, seed=seed)
+    chosen = [pool_idx[j] for j in chosen_local]
+    missing = [str(meta.image_path(i)) for i in chosen if not meta.image_path(i).is_file()]
+    if missing:
+        raise DataRootError("cub", meta.cub_dir, f"{len(missing)} image file(s) listed in images.txt "
+                            f"are missing, e.g. {missing[0]}", expected=["images/<class>/<file>.jpg"],
+                            fix=_FIX)
+    return chosen
+
+
+@register_dataset("cub", kind="real", paper="Otsuki et al. 2024 (supplement A)", env_var=ENV_VAR,
+                  num_classes=200, default_split="test", has_mask=True)
+def cub(*, split: str = "test", n_samples: int | None = 1000, seed: int = 0,
+        root: str | Path | None = None, image_size: int = 224, **kw: Any) -> SampleSet:
+    """CUB-200-2011 samples of ``split`` (train / val / test / trainval / all) with object masks.
+
+    ``kw``: the fields of :class:`CubOptions` (``mask``, ``resize``, ``val_size``,
+    ``split_seed``, ``num_workers``; see the module doc); other keys are warned about.
+    ``n_samples`` class-balanced with ``seed`` (``None`` = all).
+    """
+    known = {f.name for f in fields(CubOptions)}
+    _warn_unused("cub", {k: v for k, v in kw.items() if k not in known})
+    opts = CubOptions(**{k: v for k, v in kw.items() if k in known})
+    opts.check(split)
+    meta, splits = load_split(root, val_size=opts.val_size, split_seed=opts.split_seed)
+    pool_idx = splits[split]
+    chosen = _choose(meta, pool_idx, n_samples, seed, opts)
+    loaded = _load_images(meta, chosen, image_size, opts)
     x = IMAGENET_NORMALIZATION.from_pixel(torch.stack([t[0] for t in loaded]).float().div_(255.0))
-    masks = None if mask == "none" else torch.stack([t[1] for t in loaded]).float()  # type: ignore[misc]
+    masks = None if opts.mask == "none" else torch.stack([t[1] for t in loaded]).float()  # type: ignore[misc]
     sources = [t[2] for t in loaded]
     y = torch.tensor([meta.labels[i] for i in chosen], dtype=torch.long)
     info = {
         "split": split, "root": str(meta.cub_dir), "n_total": len(pool_idx),
         "n_selected": len(chosen), "seed": seed, "selection": "class_balanced",
         "split_sizes": {k: len(splits[k]) for k in ("train", "val", "test")},
-        "val_size": val_size, "split_seed": split_seed, "image_size": image_size,
-        "resize": resize,
+        "val_size": opts.val_size, "split_seed": opts.split_seed, "image_size": image_size,
+        "resize": opts.resize,
         "mask_sources": {s: sources.count(s) for s in sorted(set(sources))},
     }
     return SampleSet(x, y, normalization=IMAGENET_NORMALIZATION, num_classes=len(meta.class_names),

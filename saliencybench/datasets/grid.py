@@ -8,8 +8,13 @@ are distinct classes) and only those two corners are scored.
 Each *sample* is one (grid, scored cell): ``x`` is the composite (normalised), ``y`` the
 combined target ``cell * K + class`` (K = base classes) read from the wrapped model's
 ``(B, n*n*K)`` output (:mod:`saliencybench.models.grid_settings`), ``mask`` the (1,H,W)
-binary mask of the scored cell. The returned :class:`GridSampleSet` carries ``wrap_model``,
-which the runner applies to the base model.
+binary mask of the scored cell. The returned :class:`GridSampleSet` sets ``wrap_model`` (the
+optional field of :class:`~saliencybench.core.types.SampleSet`), which the runner applies to
+the base model.
+
+Direction of imports: ``datasets`` may import ``models`` (this module wraps a base model in
+its grid setting, :mod:`saliencybench.models.grid_settings`); ``models`` never imports
+``datasets``.
 
 Selection and layout are deterministic given ``seed``. Rao et al. 2022 (supp. §H.1 and the
 official code) keep the images that *every* compared model classifies correctly with
@@ -31,6 +36,7 @@ import functools
 import inspect
 import math
 import warnings
+from dataclasses import dataclass, fields, replace
 from typing import Any, Sequence
 
 import torch
@@ -38,7 +44,7 @@ from torch import Tensor, nn
 
 from saliencybench.core.errors import GridSelectionError
 from saliencybench.core.registry import DATASETS, register_dataset
-from saliencybench.core.types import Batch, SampleSet
+from saliencybench.core.types import Batch, Normalization, SampleSet
 from saliencybench.models.grid_settings import SETTINGS, GridSetting, cell_masks, cells_to_grid
 
 #: Thresholds tried, in order, below the requested one when too few images qualify
@@ -167,32 +173,54 @@ def layout_grids(labels: Tensor, qualifying: Tensor, n_grids: int, n: int, setti
     return grids, pools.reused
 
 
+@dataclass(frozen=True)
+class GridSpec:
+    """What a grid dataset's composites are: the setting, the grid side ``n``, the base
+    dataset's class count, normalisation and class names, and the GridPG head mode."""
+
+    setting: str
+    n: int
+    base_classes: int
+    normalization: Normalization
+    class_names: tuple[str, ...] | None = None
+    head: str = "global"
+
+
 class GridSampleSet(SampleSet):
     """Samples (grid, scored cell) built on demand from the stored grids (no n*n copies).
 
     ``x`` / ``y`` / ``mask`` are materialised only when read as attributes; :meth:`get`
-    builds a batch from the grid tensor directly.
+    builds a batch from the grid tensor directly. ``wrap_model`` (the :class:`SampleSet`
+    field) builds the setting's :class:`GridSetting` around a base model; the runner applies it.
     """
 
-    def __init__(self, grids: Tensor, grid_index: Tensor, cell_index: Tensor, labels: Tensor, *,
-                 n: int, setting: str, base_classes: int, normalization, sample_ids: Sequence[str],
-                 name: str = "", class_names: Sequence[str] | None = None,
-                 info: dict[str, Any] | None = None, wrap_kwargs: dict[str, Any] | None = None) -> None:
+    def __init__(self, grids: Tensor, grid_index: Tensor, cell_index: Tensor, labels: Tensor, spec: GridSpec, *,
+                 sample_ids: Sequence[str], name: str = "", info: dict[str, Any] | None = None) -> None:
         self.grids = grids
         self.grid_index = grid_index.long()
         self.cell_index = cell_index.long()
         self.cell_labels = labels.long()
-        self.n = int(n)
-        self.setting = setting
-        self.base_classes = int(base_classes)
+        self.spec = spec
+        self.n = int(spec.n)
+        self.setting = spec.setting
+        self.base_classes = int(spec.base_classes)
         self._masks = cell_masks(grids.shape[-2:], self.n)
-        self.normalization = normalization
+        self.normalization = spec.normalization
         self.num_classes = self.n * self.n * self.base_classes
         self.sample_ids = list(sample_ids)
         self.name = name
-        self.class_names = list(class_names) if class_names is not None else None
+        self.class_names = list(spec.class_names) if spec.class_names is not None else None
         self.info = dict(info or {})
-        self.wrap_kwargs = dict(wrap_kwargs or {})
+        cell = (self.image_size[0] // self.n, self.image_size[1] // self.n)
+        head = {"head": spec.head} if spec.setting == "gridpg" else {}
+        self.wrap_model = functools.partial(GridSetting, setting=self.setting, n=self.n, cell_size=cell, **head)
+
+    def __len__(self) -> int:
+        return int(self.grid_index.shape[0])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return int(self.grids.shape[-2]), int(self.grids.shape[-1])
 
     # the SampleSet attributes, materialised on demand
     @property
@@ -207,87 +235,67 @@ class GridSampleSet(SampleSet):
     def mask(self) -> Tensor:  # type: ignore[override]
         return self._masks[self.cell_index]
 
-    @property
-    def image_size(self) -> tuple[int, int]:
-        return int(self.grids.shape[-2]), int(self.grids.shape[-1])
-
-    def __len__(self) -> int:
-        return int(self.grid_index.shape[0])
-
     def get(self, indices: Sequence[int]) -> Batch:
         idx = torch.as_tensor(list(indices), dtype=torch.long)
         cells = self.cell_index[idx]
-        return Batch(
-            self.grids[self.grid_index[idx]],
-            cells * self.base_classes + self.cell_labels[idx],
-            [self.sample_ids[i] for i in idx.tolist()],
-            self._masks[cells],
-        )
+        targets = cells * self.base_classes + self.cell_labels[idx]
+        ids = [self.sample_ids[i] for i in idx.tolist()]
+        return Batch(self.grids[self.grid_index[idx]], targets, ids, self._masks[cells])
 
     def subset(self, indices: Sequence[int]) -> "GridSampleSet":
         idx = torch.as_tensor(list(indices), dtype=torch.long)
-        return GridSampleSet(
-            self.grids, self.grid_index[idx], self.cell_index[idx], self.cell_labels[idx],
-            n=self.n, setting=self.setting, base_classes=self.base_classes,
-            normalization=self.normalization, sample_ids=[self.sample_ids[i] for i in idx.tolist()],
-            name=self.name, class_names=self.class_names, info=self.info, wrap_kwargs=self.wrap_kwargs,
-        )
-
-    def wrap_model(self, model: nn.Module) -> GridSetting:
-        """The setting's grid model around ``model`` (the runner calls this)."""
-        cell = (self.image_size[0] // self.n, self.image_size[1] // self.n)
-        return GridSetting(model, self.setting, self.n, cell_size=cell, **self.wrap_kwargs)
+        return GridSampleSet(self.grids, self.grid_index[idx], self.cell_index[idx], self.cell_labels[idx], self.spec,
+                             sample_ids=[self.sample_ids[i] for i in idx.tolist()], name=self.name, info=self.info)
 
 
-def build_grid_samples(base: SampleSet, model: nn.Module | None, *, setting: str = "gridpg", n: int = 2,
-                       n_samples: int | None = 64, seed: int = 0, threshold: float = 0.99,
-                       batch_size: int = 256, device: torch.device | str | None = None,
-                       head: str = "global", name: str = "", min_confidence_fallback: bool = True,
-                       screening: dict[str, tuple[Tensor, Tensor]] | None = None) -> GridSampleSet:
-    """Grid samples for ``setting`` from the images of ``base`` that ``model`` gets right.
+@dataclass(frozen=True)
+class GridOptions:
+    """How grids are selected and laid out (the parameters of :func:`build_grid_samples`).
 
-    Args:
-        base: single-image dataset (normalised x, labels).
-        model: base classifier (eval); used for the confidence selection only.
-        setting: gridpg / difull / dipart.
-        n: grid side.
-        n_samples: number of (grid, cell) samples (GridPG: n*n per grid; DiFull/DiPart: 2);
-            None = as many grids as the qualifying images allow without reuse.
-        threshold: minimum softmax confidence of the label (lowered with a warning when too
-            few images qualify and ``min_confidence_fallback``, see :func:`choose_threshold`;
-            otherwise :class:`GridSelectionError`).
-        head: GridPG head mode passed to :class:`GridSetting`.
-        min_confidence_fallback: allow lowering the threshold (default suites); False for
-            the paper suites.
-        screening: ``{model spec: (probability of the label, correct?)}`` over ``base``,
-            precomputed; an image qualifies only when *every* model classifies it correctly
-            with confidence >= threshold (Rao et al. 2022 supp. §H.1). None: screen with
-            ``model`` alone.
+    - ``setting``: gridpg / difull / dipart; ``n``: grid side;
+    - ``n_samples``: number of (grid, cell) samples (GridPG: n*n per grid; DiFull/DiPart: 2);
+      None = as many grids as the qualifying images allow without reuse;
+    - ``seed``: the layout's seed;
+    - ``threshold``: minimum softmax confidence of the label (lowered with a warning when too
+      few images qualify and ``min_confidence_fallback``, see :func:`choose_threshold`;
+      otherwise :class:`GridSelectionError`); ``min_confidence_fallback``: True for the default
+      suites, False for the paper suites;
+    - ``head``: GridPG head mode passed to :class:`GridSetting`;
+    - ``batch_size``, ``device``: of the screening forwards.
     """
-    setting = setting.lower()
-    if setting not in SETTINGS:
-        raise ValueError(f"unknown grid setting '{setting}'; use one of {SETTINGS}")
-    per_grid = scored_cells(setting, n)
+
+    setting: str = "gridpg"
+    n: int = 2
+    n_samples: int | None = 64
+    seed: int = 0
+    threshold: float = 0.99
+    head: str = "global"
+    min_confidence_fallback: bool = True
+    batch_size: int = 256
+    device: torch.device | str | None = None
+
+
+def _screen(base: SampleSet, model: nn.Module | None, opts: GridOptions,
+            screening: dict[str, tuple[Tensor, Tensor]] | None) -> dict[str, tuple[Tensor, Tensor]]:
+    if screening is not None:
+        return screening
+    if model is None:
+        raise ValueError("build_grid_samples needs a model or a screening")
+    return {"model": confidence_of_label(model, base.x, base.y.long(), batch_size=opts.batch_size,
+                                         device=opts.device)}
+
+
+def _select(base: SampleSet, screening: dict[str, tuple[Tensor, Tensor]], opts: GridOptions,
+            needed: int) -> tuple[float, Tensor, Tensor]:
+    """(threshold used, qualifying mask, correct-for-every-model mask) over ``base``."""
+    n, setting, threshold = opts.n, opts.setting, opts.threshold
     labels = base.y.long()
-    if screening is None:
-        if model is None:
-            raise ValueError("build_grid_samples needs a model or a screening")
-        screening = {"model": confidence_of_label(model, base.x, labels, batch_size=batch_size, device=device)}
-    probs = torch.stack([p.float() for p, _ in screening.values()])
-    corrects = torch.stack([c.bool() for _, c in screening.values()])
-    prob = probs.min(0).values  # >= t for every model  <=>  min >= t
-    correct = corrects.all(0)
+    prob = torch.stack([p.float() for p, _ in screening.values()]).min(0).values  # >= t for every model
+    correct = torch.stack([c.bool() for _, c in screening.values()]).all(0)
     distinct = n * n if setting == "gridpg" else n * n - 1
-    if n_samples is None:
-        n_grids = None
-        needed = n * n
-    else:
-        n_grids = max(1, math.ceil(int(n_samples) / len(per_grid)))
-        needed = n_grids * n * n
     used_t, qualifying = choose_threshold(prob, correct, labels, threshold, needed_images=needed,
                                           needed_classes=distinct, repeat_class=setting != "gridpg")
-    n_qual = int(qualifying.sum())
-    if used_t < threshold and not min_confidence_fallback:
+    if used_t < threshold and not opts.min_confidence_fallback:
         at_t = correct & (prob >= threshold)
         n_cls = int(labels[at_t].unique().numel())
         raise GridSelectionError(
@@ -299,94 +307,134 @@ def build_grid_samples(base: SampleSet, model: nn.Module | None, *, setting: str
     if used_t < threshold:
         warnings.warn(
             f"grid dataset ({setting}, {n}x{n}): too few images classified correctly with confidence "
-            f">= {threshold} for {needed} cells; threshold lowered to {used_t} ({n_qual} images qualify)",
-            GridThresholdWarning, stacklevel=2,
+            f">= {threshold} for {needed} cells; threshold lowered to {used_t} ({int(qualifying.sum())} images "
+            "qualify)", GridThresholdWarning, stacklevel=3,
         )
+    return used_t, qualifying, correct
+
+
+def build_grid_samples(base: SampleSet, model: nn.Module | None, options: GridOptions | None = None, *,
+                       name: str = "", screening: dict[str, tuple[Tensor, Tensor]] | None = None) -> GridSampleSet:
+    """Grid samples for ``options.setting`` from the images of ``base`` that ``model`` gets right.
+
+    Args:
+        base: single-image dataset (normalised x, labels).
+        model: base classifier (eval); used for the confidence selection only.
+        options: :class:`GridOptions` (setting, n, n_samples, seed, threshold, ...).
+        name: the dataset name (default ``<setting>_<base name>``).
+        screening: ``{model spec: (probability of the label, correct?)}`` over ``base``,
+            precomputed; an image qualifies only when *every* model classifies it correctly
+            with confidence >= threshold (Rao et al. 2022 supp. §H.1). None: screen with
+            ``model`` alone.
+    """
+    opts = options or GridOptions()
+    opts = replace(opts, setting=opts.setting.lower())
+    if opts.setting not in SETTINGS:
+        raise ValueError(f"unknown grid setting '{opts.setting}'; use one of {SETTINGS}")
+    n, per_grid = opts.n, scored_cells(opts.setting, opts.n)
+    screening = _screen(base, model, opts, screening)
+    n_grids = None if opts.n_samples is None else max(1, math.ceil(int(opts.n_samples) / len(per_grid)))
+    used_t, qualifying, correct = _select(base, screening, opts, n * n if n_grids is None else n_grids * n * n)
+    n_qual = int(qualifying.sum())
     if n_grids is None:
         n_grids = max(1, n_qual // (n * n))
-    grids_src, reused = layout_grids(labels, qualifying, n_grids, n, setting, seed)
+    grids_src, reused = layout_grids(base.y.long(), qualifying, n_grids, n, opts.setting, opts.seed)
     if reused:
-        warnings.warn(f"grid dataset ({setting}): {reused} cell images reused across grids "
+        warnings.warn(f"grid dataset ({opts.setting}): {reused} cell images reused across grids "
                       f"({n_qual} qualifying images for {n_grids * n * n} cells)", GridThresholdWarning,
                       stacklevel=2)
     src = torch.tensor(grids_src, dtype=torch.long)  # (G, n*n)
-    cells = base.x[src.view(-1)]  # (G*n*n, C, h, w) row-major per grid
-    grids = cells_to_grid(cells, n).contiguous()
-    cell_cls = labels[src]  # (G, n*n)
+    grids = cells_to_grid(base.x[src.view(-1)], n).contiguous()  # cells (G*n*n, C, h, w) row-major per grid
     g_idx = torch.arange(n_grids).repeat_interleave(len(per_grid))
     c_idx = torch.tensor(per_grid * n_grids, dtype=torch.long)
-    if n_samples is not None:
-        g_idx, c_idx = g_idx[: int(n_samples)], c_idx[: int(n_samples)]
-    ids = [f"g{g:05d}c{c}" for g, c in zip(g_idx.tolist(), c_idx.tolist())]
+    if opts.n_samples is not None:
+        g_idx, c_idx = g_idx[: int(opts.n_samples)], c_idx[: int(opts.n_samples)]
     info = {
-        "setting": setting, "grid_n": n, "base": base.name, "base_size": len(base),
-        "threshold_requested": float(threshold), "threshold_used": float(used_t),
+        "setting": opts.setting, "grid_n": n, "base": base.name, "base_size": len(base),
+        "threshold_requested": float(opts.threshold), "threshold_used": float(used_t),
         "n_qualifying": n_qual, "n_correct": int(correct.sum()), "n_grids": int(n_grids),
-        "n_cells_reused": int(reused), "scored_cells": per_grid, "seed": seed, "head": head,
-        "selection_models": list(screening), "min_confidence_fallback": bool(min_confidence_fallback),
+        "n_cells_reused": int(reused), "scored_cells": per_grid, "seed": opts.seed, "head": opts.head,
+        "selection_models": list(screening), "min_confidence_fallback": bool(opts.min_confidence_fallback),
         "n_qualifying_per_model": {k: int((c.bool() & (p >= used_t)).sum()) for k, (p, c) in screening.items()},
         "grid_sources": [[base.sample_ids[i] for i in row] for row in grids_src],
     }
-    return GridSampleSet(
-        grids, g_idx, c_idx, cell_cls[g_idx, c_idx], n=n, setting=setting,
-        base_classes=base.num_classes, normalization=base.normalization, sample_ids=ids,
-        name=name or f"{setting}_{base.name}", class_names=base.class_names, info=info,
-        wrap_kwargs={"head": head} if setting == "gridpg" else {},
-    )
+    spec = GridSpec(opts.setting, n, base.num_classes, base.normalization,
+                    tuple(base.class_names) if base.class_names is not None else None, opts.head)
+    return GridSampleSet(grids, g_idx, c_idx, base.y.long()[src][g_idx, c_idx], spec,
+                         sample_ids=[f"g{g:05d}c{c}" for g, c in zip(g_idx.tolist(), c_idx.tolist())],
+                         name=name or f"{opts.setting}_{base.name}", info=info)
 
 
-def _call_base_factory(source: str, *, split: str, seed: int, pool: int | None,
-                       source_kwargs: dict[str, Any] | None) -> SampleSet:
-    fn = DATASETS.get(source).obj
-    kw: dict[str, Any] = {"split": split, "seed": seed, "n_samples": pool, **(source_kwargs or {})}
+@dataclass(frozen=True)
+class GridSource:
+    """Where the base images of :func:`grid` come from and which models screen them.
+
+    ``pool`` limits how many base images are screened (None = the whole split).
+    ``select_models``: None = screen with the model alone; ``"suite"`` = with every model of
+    the suite, a list = with those specs; the grids are then the same for every model (Rao et
+    al. 2022 supp. §H.1). ``model_name`` is the spec of the model the dataset is built for.
+    """
+
+    source: str = "synthetic"
+    split: str = "test"
+    pool: int | None = None
+    source_kwargs: dict[str, Any] | None = None
+    select_models: str | Sequence[str] | None = None
+    model_name: str = ""
+
+
+def _call_base_factory(src: GridSource, seed: int) -> SampleSet:
+    fn = DATASETS.get(src.source).obj
+    kw: dict[str, Any] = {"split": src.split, "seed": seed, "n_samples": src.pool, **(src.source_kwargs or {})}
     params = inspect.signature(fn).parameters
     if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
         kw = {k: v for k, v in kw.items() if k in params}
     return fn(**kw)
 
 
-def grid(*, model: nn.Module, model_name: str = "", source: str = "synthetic", setting: str = "gridpg",
-         n: int = 2, split: str = "test", n_samples: int | None = 64, seed: int = 0,
-         threshold: float = 0.99, pool: int | None = None, device: torch.device | str | None = None,
-         batch_size: int = 256, head: str = "global", source_kwargs: dict[str, Any] | None = None,
-         min_confidence_fallback: bool = True, select_models: str | Sequence[str] | None = None,
-         suite_models: Sequence[str] | None = None, load_model: Any = None,
-         screen_cache: "ScreeningCache | None" = None, **_ignored: Any) -> GridSampleSet:
+def _split_params(params: dict[str, Any]) -> tuple[GridOptions, GridSource]:
+    """The suite's dataset parameters as (options, source); other keys are ignored."""
+    pick = {cls: {f.name for f in fields(cls)} for cls in (GridOptions, GridSource)}
+    return (GridOptions(**{k: v for k, v in params.items() if k in pick[GridOptions]}),
+            GridSource(**{k: v for k, v in params.items() if k in pick[GridSource]}))
+
+
+def grid(*, model: nn.Module | None = None, suite_models: Sequence[str] | None = None, load_model: Any = None,
+         screen_cache: "ScreeningCache | None" = None, **params: Any) -> GridSampleSet:
     """Generic grid dataset factory: ``source`` dataset x ``setting`` x ``n``.
 
-    ``pool`` limits how many base images are screened (None = the whole split).
-    ``select_models``: None = screen with ``model`` alone; ``"suite"`` = with every model of
-    the suite (``suite_models``, built by ``load_model(spec)``), a list = with those specs;
-    the grids are then the same for every model (Rao et al. 2022 supp. §H.1).
-    ``screen_cache`` keeps each model's confidences so that a suite screens once per model.
+    ``params`` are the fields of :class:`GridOptions` (setting, n, n_samples, seed, threshold,
+    head, min_confidence_fallback, batch_size, device) and of :class:`GridSource` (source,
+    split, pool, source_kwargs, select_models, model_name); other keys are ignored.
+    With ``select_models="suite"`` the models are ``suite_models``, built by
+    ``load_model(spec)``. ``screen_cache`` keeps each model's confidences so that a suite
+    screens once per model.
     """
-    base = _call_base_factory(source, split=split, seed=seed, pool=pool, source_kwargs=source_kwargs)
+    opts, src = _split_params(params)
+    base = _call_base_factory(src, opts.seed)
     screening = None
-    if select_models is not None:
-        if select_models == "suite":
+    if src.select_models is not None:
+        if src.select_models == "suite":
             if not suite_models:
                 raise ValueError("select_models = 'suite' needs the suite's models (run it through the runner)")
             specs = list(suite_models)
         else:
-            specs = [select_models] if isinstance(select_models, str) else list(select_models)
+            specs = [src.select_models] if isinstance(src.select_models, str) else list(src.select_models)
         cache = screen_cache if screen_cache is not None else ScreeningCache()
-        key = cache.key(source=source, split=split, pool=pool, seed=seed, source_kwargs=source_kwargs,
-                        sample_ids=base.sample_ids)
+        key = cache.key(source=src.source, split=src.split, pool=src.pool, seed=opts.seed,
+                        source_kwargs=src.source_kwargs, sample_ids=base.sample_ids)
         screening = {}
         for spec in specs:
             def compute(spec=spec):
-                m = model if spec == model_name else None
+                m = model if spec == src.model_name else None
                 if m is None:
                     if load_model is None:
                         raise ValueError(f"cannot build model {spec!r} for the grid selection")
                     m = load_model(spec)
-                return confidence_of_label(m, base.x, base.y.long(), batch_size=batch_size, device=device)
+                return confidence_of_label(m, base.x, base.y.long(), batch_size=opts.batch_size, device=opts.device)
             screening[spec] = cache.get(key, spec, compute)
-    out = build_grid_samples(base, model, setting=setting, n=n, n_samples=n_samples, seed=seed,
-                             threshold=threshold, batch_size=batch_size, device=device, head=head,
-                             name=f"{setting}_{source}", min_confidence_fallback=min_confidence_fallback,
-                             screening=screening)
-    out.info.update({"source": source, "split": split, "model": model_name, "pool": pool})
+    out = build_grid_samples(base, model, opts, name=f"{opts.setting}_{src.source}", screening=screening)
+    out.info.update({"source": src.source, "split": src.split, "model": src.model_name, "pool": src.pool})
     return out
 
 

@@ -22,6 +22,7 @@ from __future__ import annotations
 import os
 import warnings
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -107,21 +108,31 @@ def _relative_id(path: str, base: str) -> str:
     return os.path.splitext(rel)[0].replace(os.sep, "/")
 
 
-def _build_sample_set(
-    *, name: str, paths: Sequence[str], labels: Sequence[int], base: str, class_names: list[str],
-    n_samples: int | None, seed: int, image_size: int, resize_size: int | None,
-    num_workers: int | None, info: dict[str, Any],
-) -> SampleSet:
+@dataclass(frozen=True)
+class _ImageFiles:
+    """The image files of one ImageNet layout: paths, labels, the base of the sample ids."""
+
+    name: str
+    paths: Sequence[str]
+    labels: Sequence[int]
+    base: str
+    class_names: list[str]
+    info: dict[str, Any]
+
+
+def _build_sample_set(files: _ImageFiles, *, n_samples: int | None, seed: int, image_size: int,
+                      resize_size: int | None, num_workers: int | None) -> SampleSet:
+    paths, labels = files.paths, files.labels
     chosen = class_balanced_indices(list(labels), n_samples, seed=seed)
     x = load_images([paths[i] for i in chosen], eval_transform(image_size, resize_size), num_workers)
     x = IMAGENET_NORMALIZATION.from_pixel(x)
     y = torch.tensor([int(labels[i]) for i in chosen], dtype=torch.long)
-    ids = [_relative_id(paths[i], base) for i in chosen]
-    info = dict(info, n_total=len(paths), n_selected=len(chosen), seed=seed,
+    ids = [_relative_id(paths[i], files.base) for i in chosen]
+    info = dict(files.info, n_total=len(paths), n_selected=len(chosen), seed=seed,
                 selection="class_balanced", image_size=image_size,
                 resize_size=resize_size or int(round(image_size * 256 / 224)))
-    return SampleSet(x, y, normalization=IMAGENET_NORMALIZATION, num_classes=len(class_names),
-                     sample_ids=ids, name=name, class_names=class_names, info=info)
+    return SampleSet(x, y, normalization=IMAGENET_NORMALIZATION, num_classes=len(files.class_names),
+                     sample_ids=ids, name=files.name, class_names=files.class_names, info=info)
 
 
 # -- torchvision layout -------------------------------------------------------------------------
@@ -175,12 +186,10 @@ def imagenet(*, split: str = "val", n_samples: int | None = 1000, seed: int = 0,
     paths = [p for p, _ in ds.samples]
     labels = [int(t) for _, t in ds.samples]
     class_names = [c[0] if isinstance(c, tuple) else str(c) for c in ds.classes]
-    return _build_sample_set(
-        name="imagenet", paths=paths, labels=labels, base=str(base / split),
-        class_names=class_names, n_samples=n_samples, seed=seed, image_size=image_size,
-        resize_size=resize_size, num_workers=num_workers,
-        info={"split": split, "root": str(base), "layout": "torchvision", "wnids": list(ds.wnids)},
-    )
+    files = _ImageFiles("imagenet", paths, labels, str(base / split), class_names,
+                        {"split": split, "root": str(base), "layout": "torchvision", "wnids": list(ds.wnids)})
+    return _build_sample_set(files, n_samples=n_samples, seed=seed, image_size=image_size,
+                             resize_size=resize_size, num_workers=num_workers)
 
 
 # -- plain class-folder tree --------------------------------------------------------------------
@@ -226,8 +235,7 @@ def imagenet_folder(*, split: str | None = "val", n_samples: int | None = 1000, 
         raise DataRootError("imagenet_folder", base,
                             f"{len(empty)} class folder(s) contain no images: {', '.join(empty[:5])}",
                             expected=[f"{empty[0]}/*.JPEG"], fix=fix)
-    return _build_sample_set(
-        name="imagenet_folder", paths=paths, labels=labels, base=str(base), class_names=classes,
-        n_samples=n_samples, seed=seed, image_size=image_size, resize_size=resize_size,
-        num_workers=num_workers, info={"split": split, "root": str(base), "layout": "class_folders"},
-    )
+    files = _ImageFiles("imagenet_folder", paths, labels, str(base), classes,
+                        {"split": split, "root": str(base), "layout": "class_folders"})
+    return _build_sample_set(files, n_samples=n_samples, seed=seed, image_size=image_size,
+                             resize_size=resize_size, num_workers=num_workers)

@@ -102,19 +102,15 @@ def _shape_inside(label: int, u: Tensor, v: Tensor) -> Tensor:
     raise ValueError(f"unknown shape {name}")  # pragma: no cover
 
 
-def render_block(n: int, generator: torch.Generator, size: int = 64) -> tuple[Tensor, Tensor, Tensor]:
-    """Render ``n`` samples from ``generator``.
+def _palette(g: torch.Generator, dark: Tensor, k: int) -> Tensor:
+    """``k`` colours per sample for objects and distractors: the luminance band opposite the background's."""
+    lo = torch.where(dark, 0.6, 0.0).view(-1, 1, 1, 1, 1)
+    return lo + 0.4 * torch.rand(dark.shape[0], k, 3, 1, 1, generator=g)
 
-    Returns ``(pixels, labels, mask)``: pixels (n,3,size,size) float32 in [0,1], labels (n,)
-    int64 (a seeded permutation of ``arange(n) % NUM_CLASSES``, so a block is class balanced),
-    mask (n,1,size,size) bool of the class object.
-    """
-    g, s = generator, size / 64.0
-    labels = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=g)]
-    coords = torch.arange(size, dtype=torch.float32) + 0.5
-    Y, X = coords.view(1, size, 1), coords.view(1, 1, size)
 
-    # Background: two colours of one luminance band, mixed by smooth noise and stripes.
+def _background(g: torch.Generator, n: int, size: int, grid: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """(image, dark?): two colours of one luminance band, mixed by smooth noise and stripes."""
+    s, (Y, X) = size / 64.0, grid
     dark = torch.rand(n, generator=g) < 0.5
     band_lo = torch.where(dark, 0.0, 0.55).view(n, 1, 1, 1)
     c1 = band_lo + 0.45 * torch.rand(n, 3, 1, 1, generator=g)
@@ -128,21 +124,19 @@ def render_block(n: int, generator: torch.Generator, size: int = 64) -> tuple[Te
     stripes = torch.sin(freq * (X * torch.cos(theta) + Y * torch.sin(theta)) + phase)
     w = (noise + stripe_amp * 0.5 * stripes).clamp(0.0, 1.0)
     img = c1 + (c2 - c1) * w
-    img = img + 0.02 * torch.randn(n, 3, size, size, generator=g)
+    return img + 0.02 * torch.randn(n, 3, size, size, generator=g), dark
 
-    # Palette of objects and distractors: the other luminance band.
-    def palette(k: int) -> Tensor:
-        lo = torch.where(dark, 0.6, 0.0).view(n, 1, 1, 1, 1)
-        return lo + 0.4 * torch.rand(n, k, 3, 1, 1, generator=g)
 
-    # Distractor lines (hard edged) and soft blobs, under the object.
-    line_col = palette(_N_LINES)
+def _distractors(g: torch.Generator, img: Tensor, dark: Tensor, grid: tuple[Tensor, Tensor]) -> Tensor:
+    """Draw distractor lines (hard edged) and soft blobs over ``img`` (under the object)."""
+    n, size, s, (Y, X) = img.shape[0], img.shape[-1], img.shape[-1] / 64.0, grid
+    line_col = _palette(g, dark, _N_LINES)
     lx, ly = _uniform(g, n, 0, size, _N_LINES), _uniform(g, n, 0, size, _N_LINES)
     lang = _uniform(g, n, 0, math.pi, _N_LINES)
     lhl = _uniform(g, n, *_LINE_HALF_LEN, _N_LINES) * s
     lhw = _uniform(g, n, *_LINE_HALF_WIDTH, _N_LINES) * s
     lon = torch.rand(n, _N_LINES, generator=g) < 0.8
-    blob_col = palette(_N_BLOBS)
+    blob_col = _palette(g, dark, _N_BLOBS)
     bx, by = _uniform(g, n, 0, size, _N_BLOBS), _uniform(g, n, 0, size, _N_BLOBS)
     bsig = _uniform(g, n, *_BLOB_SIGMA, _N_BLOBS) * s
     bon = torch.rand(n, _N_BLOBS, generator=g) < 0.8
@@ -158,13 +152,18 @@ def render_block(n: int, generator: torch.Generator, size: int = 64) -> tuple[Te
         alpha = torch.exp(-d2 / (2 * bsig[:, k].view(n, 1, 1) ** 2)) * bon[:, k].view(n, 1, 1)
         alpha = alpha.unsqueeze(1)
         img = img + alpha * (blob_col[:, k] - img)
+    return img
 
-    # The class object, on top.
+
+def _class_object(g: torch.Generator, img: Tensor, dark: Tensor, labels: Tensor,
+                  grid: tuple[Tensor, Tensor]) -> tuple[Tensor, Tensor]:
+    """Draw the class object on top of ``img``; returns (image clamped to [0, 1], object mask)."""
+    n, size, s, (Y, X) = img.shape[0], img.shape[-1], img.shape[-1] / 64.0, grid
     r = _uniform(g, n, *_RADIUS_RANGE) * s
     cx = r + 2 * s + torch.rand(n, generator=g) * (size - 2 * r - 4 * s)
     cy = r + 2 * s + torch.rand(n, generator=g) * (size - 2 * r - 4 * s)
     rot = _uniform(g, n, 0, 2 * math.pi)
-    obj_col = palette(1)[:, 0]
+    obj_col = _palette(g, dark, 1)[:, 0]
     dx = (X - cx.view(n, 1, 1)) / r.view(n, 1, 1)
     dy = (Y - cy.view(n, 1, 1)) / r.view(n, 1, 1)
     cr, sr = torch.cos(rot).view(n, 1, 1), torch.sin(rot).view(n, 1, 1)
@@ -176,7 +175,24 @@ def render_block(n: int, generator: torch.Generator, size: int = 64) -> tuple[Te
             inside[idx] = _shape_inside(c, u[idx], v[idx])
     mask = inside.unsqueeze(1)
     obj = obj_col + 0.03 * torch.randn(n, 3, size, size, generator=g)
-    img = torch.where(mask, obj, img).clamp_(0.0, 1.0)
+    return torch.where(mask, obj, img).clamp_(0.0, 1.0), mask
+
+
+def render_block(n: int, generator: torch.Generator, size: int = 64) -> tuple[Tensor, Tensor, Tensor]:
+    """Render ``n`` samples from ``generator``.
+
+    Returns ``(pixels, labels, mask)``: pixels (n,3,size,size) float32 in [0,1], labels (n,)
+    int64 (a seeded permutation of ``arange(n) % NUM_CLASSES``, so a block is class balanced),
+    mask (n,1,size,size) bool of the class object. The generator is consumed in a fixed
+    order: labels, background, distractors, object.
+    """
+    g = generator
+    labels = (torch.arange(n) % NUM_CLASSES)[torch.randperm(n, generator=g)]
+    coords = torch.arange(size, dtype=torch.float32) + 0.5
+    grid = (coords.view(1, size, 1), coords.view(1, 1, size))  # (Y, X)
+    img, dark = _background(g, n, size, grid)
+    img = _distractors(g, img, dark, grid)
+    img, mask = _class_object(g, img, dark, labels, grid)
     return img, labels, mask
 
 

@@ -1,7 +1,7 @@
 """GridPG, DiFull and DiPart: wrappers that turn any CNN classifier into an n x n grid model.
 
 Rao, Böhle & Schiele, "Towards Better Understanding Attribution Methods" (CVPR 2022), main
-paper §3.1 and supplement §F / §H (``../shared/papers/003_*.txt``). A grid image is an
+paper §3.1 and supplement §F / §H. A grid image is an
 n x n composite of single images (each cell the size the model was trained on). The wrapped
 model outputs ``(B, n*n*K)`` logits: block ``cell*K .. cell*K+K-1`` are the logits used to
 explain the image in ``cell`` (cells numbered row-major), so the combined target
@@ -45,7 +45,7 @@ attribution layers for DiFull (:meth:`GridSetting.valid_layers` lists the valid 
 
 from __future__ import annotations
 
-from typing import Iterator, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -315,7 +315,8 @@ class GridSetting(nn.Module):
             ref = model(probe)
             bb = Backbone(model, self.backbone.order)
             mine = self.head(bb(probe))
-        if ref.shape != mine.shape or not torch.allclose(ref, mine, rtol=1e-4, atol=1e-4 * (1 + ref.abs().max().item())):
+        tol = 1e-4 * (1 + ref.abs().max().item())
+        if ref.shape != mine.shape or not torch.allclose(ref, mine, rtol=1e-4, atol=tol):
             raise ValueError("backbone/head split does not reproduce the model's logits; "
                              "set model.sb_grid_split = (backbone_names, head_names)")
         self._checked = True
@@ -382,11 +383,3 @@ class GridSetting(nn.Module):
         return (f"setting={self.setting}, n={self.n}, head={self.head_mode}, "
                 f"classifier={self.classifier_mode}")
 
-
-def wrap_grid_model(model: nn.Module, setting: str, n: int = 2, **kw) -> GridSetting:
-    """The GridPG / DiFull / DiPart wrapper of ``model`` (eval mode kept)."""
-    return GridSetting(model, setting, n, **kw)
-
-
-def iter_settings() -> Iterator[str]:
-    yield from SETTINGS

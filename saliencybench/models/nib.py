@@ -1,10 +1,10 @@
-"""No-implicit-bias (NIB) models of Lee & Chang (paper 004, §2.2 and §4.1, Table 1).
+"""No-implicit-bias (NIB) models of Lee & Chang 2021 (§2.2 and §4.1, Table 1).
 
 A NIB model has no additive bias anywhere: conv / linear layers without bias, batch
 normalisation without its mean and shift ("we removed all parameters corresponding to the mean
 of batch normalization ... and the additive bias of all layers"), and only nonlinearities with
 phi(0) = 0 whose Taylor remainder vanishes at a zero baseline (ReLU, MaxPool). Then
-f(z0) = grad f(z0) . z0 (004 Eq. 8), which is what makes GxI / DeepLIFT / IG satisfy the NIB
+f(z0) = grad f(z0) . z0 (Lee & Chang 2021, Eq. 8), which is what makes GxI / DeepLIFT / IG satisfy the NIB
 condition (Definition 1).
 """
 
@@ -15,9 +15,9 @@ import math
 import torch
 from torch import Tensor, nn
 
-#: 004 Table 1. Integers are conv2d-3x3 (padding 1) output channels, "M" a 2x2/2 MaxPool;
+#: Lee & Chang 2021, Table 1. Integers are conv2d-3x3 (padding 1) output channels, "M" a 2x2/2 MaxPool;
 #: every model ends with FC-4096, FC-4096, FC-num_classes. The layer counts (conv + linear)
-#: are 7, 9, 11, 13 and 16 (004 Table 3 / Table 8).
+#: are 7, 9, 11, 13 and 16 (Lee & Chang 2021, Table 3 / Table 8).
 NIB_VGG_CONFIGS: dict[str, list[int | str]] = {
     "vgg13-6": [64, 64, "M", 128, 128, "M"],
     "vgg13-4": [64, 64, "M", 128, 128, "M", 256, 256, "M"],
@@ -28,7 +28,7 @@ NIB_VGG_CONFIGS: dict[str, list[int | str]] = {
 
 
 class NIBBatchNorm2d(nn.Module):
-    """Batch normalisation without mean and shift (004 §4.1): ``y = gamma * x / sqrt(var + eps)``.
+    """Batch normalisation without mean and shift (Lee & Chang 2021, §4.1): ``y = gamma * x / sqrt(var + eps)``.
 
     Training normalises by the batch's per-channel standard deviation (biased, as in
     BatchNorm) *without centring* ``x`` and tracks ``running_var`` (unbiased, momentum
@@ -103,7 +103,7 @@ def nib_vgg(
     dropout: float = 0.5,
     pool_hw: int | None = None,
 ) -> NIBVGG:
-    """A NIB VGG of 004 Table 1 (``vgg13-6``, ``vgg13-4``, ``vgg13-2``, ``vgg13``, ``vgg16``).
+    """A NIB VGG of Lee & Chang 2021, Table 1 (``vgg13-6``, ``vgg13-4``, ``vgg13-2``, ``vgg13``, ``vgg16``).
 
     Args:
         cfg_name: configuration name (case-insensitive; a "nib_" / "nib " prefix is allowed).

@@ -20,7 +20,7 @@ Layers for layer attributions and CAMs (``model.sb_layers``) come from timm's fe
 ``model.feature_info`` (one entry per stage output with its reduction): the last entry is
 ``final`` and ``cam`` (``layer4`` of a ResNet, ``blocks.6`` of an EfficientNet-B0), and the
 middle entry of the list is ``middle`` (``layer2`` of a ResNet, reduction 8, the middle layer
-of paper 003). Transformers report token-shaped blocks there; the CNN layer methods expect
+of Rao et al. 2022). Transformers report token-shaped blocks there; the CNN layer methods expect
 (B,C,h,w) maps and do not apply to them.
 
 Input size and normalisation come from timm's pretrained configuration
@@ -33,7 +33,6 @@ input size and the crop fraction from the model unless the suite sets them
 
 from __future__ import annotations
 
-import difflib
 import fnmatch
 import importlib
 from typing import Any
@@ -41,6 +40,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from saliencybench.core.names import close_matches, did_you_mean
 from saliencybench.core.registry import MODELS, Entry, MissingDependencyError, UnknownNameError
 from saliencybench.core.types import Normalization
 from saliencybench.models.checkpoint import load_checkpoint
@@ -57,14 +57,6 @@ def import_timm() -> Any:
         raise MissingDependencyError(
             f"the timm:* models need the optional dependency timm ({e}); install it with `{INSTALL_HINT}`"
         ) from None
-
-
-def timm_available() -> bool:
-    try:
-        import_timm()
-    except MissingDependencyError:
-        return False
-    return True
 
 
 # -- names ------------------------------------------------------------------------------------
@@ -86,7 +78,7 @@ def _check_name(timm: Any, name: str) -> None:
     arch, tag = split_name(name)
     if not arch or not timm.is_model(arch):
         choices = timm.list_models()
-        close = difflib.get_close_matches(arch, choices, n=3, cutoff=0.6)
+        close = close_matches(arch, choices)  # matched without the prefix, shown with it
         hint = f"; did you mean {', '.join(repr(f'{PREFIX}:{c}') for c in close)}?" if close else ""
         raise UnknownNameError(
             f"unknown timm model '{arch}'{hint} (timm {timm.__version__} has {len(choices)} models; "
@@ -98,8 +90,7 @@ def _check_name(timm: Any, name: str) -> None:
 def _check_tag(timm: Any, arch: str, tag: str) -> None:
     tags = [n.partition(".")[2] for n in timm.list_pretrained(f"{arch}.*")]
     if tag not in tags:
-        close = difflib.get_close_matches(tag, tags, n=3, cutoff=0.5)
-        hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+        hint = did_you_mean(tag, tags, cutoff=0.5)
         avail = f"choose one of {', '.join(tags)}" if tags else "it has no pretrained weights in timm"
         raise UnknownNameError(f"unknown pretrained tag '{tag}' for timm model '{arch}'{hint} ({avail})")
 

@@ -12,9 +12,9 @@ Layers used for layer attributions (``input`` / ``middle`` / ``final``, and ``ca
 
 - VGG: the ReLU after convolution k = round(5n/8) of n convolutions as middle and the ReLU
   after the last convolution as final. For VGG11 that is the ReLU after conv5 and after
-  conv8 (``features.12`` / ``features.19``), the layers of Rao et al. 2022 (paper 003);
+  conv8 (``features.12`` / ``features.19``), the layers of Rao et al. 2022;
   for VGG16 conv8 / conv13.
-- ResNet18 / ResNet50: ``layer2`` (middle) and ``layer4`` (final), as in paper 003.
+- ResNet18 / ResNet50: ``layer2`` (middle) and ``layer4`` (final), as in Rao et al. 2022.
 - Inception-v3: ``Mixed_6e`` (middle: last block at 17x17, the middle of the three
   resolutions 35 / 17 / 8) and ``Mixed_7c`` (final: last block before pooling, the usual
   Grad-CAM layer).
@@ -42,7 +42,7 @@ ARCHS: dict[str, dict[str, Any]] = {
     "inception_v3": {"family": "inception", "input_size": 299},
 }
 
-# Paper 004 Table 1 sizes -> registry name; the configuration name passed to nib_vgg().
+# Lee & Chang 2021, Table 1 sizes -> registry name; the configuration name passed to nib_vgg().
 NIB_SIZES: dict[str, str] = {
     "nib_vgg13_6": "vgg13-6",
     "nib_vgg13_4": "vgg13-4",
@@ -197,15 +197,15 @@ for _arch in ARCHS:
     _register_torchvision(_arch)
 
 
-# -- NIB-VGG (paper 004) ------------------------------------------------------------------------
+# -- NIB-VGG (Lee & Chang 2021) --------------------------------------------------------------------
 def build_nib_vgg(name: str, *, num_classes: int | None = None, in_size: int = 32,
                   checkpoint: str | None = None, device: str | torch.device = "cpu",
                   weights: Any = None, pretrained: bool = False, **kw: Any) -> nn.Module:
-    """NIB-VGG of paper 004 Table 1 (no biases, BN without mean) for CIFAR (32 x 32 inputs).
+    """NIB-VGG of Lee & Chang 2021, Table 1 (no biases, BN without mean) for CIFAR (32 x 32 inputs).
 
     Builds ``saliencybench.models.nib.nib_vgg(cfg_name, num_classes, in_size)`` (imported
     here so that this module imports even while that one is missing). There are no published
-    weights: train with ``saliencybench.models.recipes.train_nib_vgg_cifar`` and pass the
+    weights: train with ``saliencybench.training.recipes.train_nib_vgg_cifar`` and pass the
     ``checkpoint``.
     """
     if weights not in (None, "", "none") or pretrained:

@@ -2,16 +2,17 @@
 
 - ``sb_resnet``: a ResNet of ``torchvision.models.resnet.Bottleneck`` blocks with
   torchvision attribute names (conv1 / bn1 / relu / maxpool / layer1..3 / avgpool / fc), so
-  code written for torchvision ResNets (LRP for ResNet of paper 001, DeepLIFT with the
-  reused ReLU module, ...) works unchanged; each stage opens with a projection skip and
+  code written for torchvision ResNets (LRP for ResNet of Otsuki et al. 2024, DeepLIFT with
+  the reused ReLU module, ...) works unchanged; each stage opens with a projection skip and
   continues with an identity skip.
 - ``sb_vgg``: a VGG with BatchNorm and torchvision VGG names (features / avgpool / classifier).
-- ``sb_nibvgg``: a narrow NIB VGG13-2 of paper 004 (no bias anywhere, mean-free BN); its
+- ``sb_nibvgg``: a narrow NIB VGG13-2 of Lee & Chang 2021 (no bias anywhere, mean-free BN); its
   ``avgpool`` is a global average pool (linear, bias-free) so the small head learns fast.
 
 Factories return eval-mode models carrying ``model.sb_layers`` and load the checkpoint
-shipped in ``saliencybench/models/checkpoints/`` (``saliencybench train NAME`` rebuilds it,
-see :mod:`saliencybench.models.train`).
+shipped in ``saliencybench/models/checkpoints/`` through
+:func:`saliencybench.models.checkpoint.load_checkpoint` (``saliencybench train NAME``
+rebuilds it, see :func:`saliencybench.training.recipes.train_model`).
 """
 
 from __future__ import annotations
@@ -23,12 +24,15 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-from saliencybench.core.errors import CheckpointError
 from saliencybench.core.registry import register_model
-from saliencybench.datasets.synthetic import NUM_CLASSES
+from saliencybench.models.checkpoint import load_checkpoint
 from saliencybench.models.nib import nib_vgg
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
+#: Classes of the ``synthetic`` dataset the zoo is trained on (its eight shape families,
+#: ``saliencybench.datasets.synthetic.CLASS_NAMES``; a test checks that the two agree). The
+#: constant lives here because ``models`` never imports ``datasets``.
+NUM_CLASSES = 8
 
 
 # --- architectures ------------------------------------------------------------------------
@@ -140,51 +144,11 @@ VGG_LAYERS = _vgg_layers(_build_vgg)          # middle features.13 (16x16), fina
 NIBVGG_LAYERS = _vgg_layers(_build_nibvgg)    # middle features.19 (16x16), final features.26 (8x8)
 
 
-# --- checkpoints --------------------------------------------------------------------------
+# --- checkpoints and factories -------------------------------------------------------------
 
 def checkpoint_path(name: str) -> Path:
     """Where the shipped checkpoint of zoo model ``name`` lives."""
     return CHECKPOINT_DIR / f"{name}.pt"
-
-
-def load_checkpoint(model: nn.Module, name: str, path: str | Path | None = None, *,
-                    new_head: bool = False) -> nn.Module:
-    """Load a state dict (``torch.load(..., weights_only=True)``) into ``model``.
-
-    A head whose class count differs from the checkpoint's is left freshly initialised (the
-    other weights load strictly). Missing or unreadable files raise :class:`CheckpointError`
-    naming the file and the ``saliencybench train`` command that rebuilds it.
-    """
-    p = Path(path) if path is not None else checkpoint_path(name)
-    fix = f"run `saliencybench train {name}` to (re)create it, or pass pretrained=False"
-    if not p.is_file():
-        raise CheckpointError(f"checkpoint for model '{name}' not found: {p}; {fix}")
-    try:
-        state = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as e:  # noqa: BLE001 - any unpickling failure means a corrupt file
-        reason = f"{type(e).__name__}: {str(e).strip().splitlines()[0][:160] if str(e).strip() else ''}"
-        raise CheckpointError(f"checkpoint for model '{name}' is unreadable ({p}; {reason}); {fix}") from e
-    if isinstance(state, dict) and "state_dict" in state:
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise CheckpointError(f"checkpoint for model '{name}' ({p}) is not a state dict; {fix}")
-    own = model.state_dict()
-    skipped = [k for k, v in state.items() if k in own and own[k].shape != v.shape]
-    head = [n for n, m in model.named_modules() if isinstance(m, nn.Linear)][-1:]
-    foreign = [k for k in skipped if not (new_head and head and k.startswith(head[0] + "."))]
-    if foreign:
-        raise CheckpointError(
-            f"checkpoint {p} does not fit model '{name}': shape mismatch for {foreign[:5]}"
-            + ("" if new_head else " (only the classifier head may differ, and only with another num_classes)")
-            + f"; {fix}")
-    state = {k: v for k, v in state.items() if k not in skipped}
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    if unexpected or set(missing) != set(skipped):
-        raise CheckpointError(
-            f"checkpoint {p} does not fit model '{name}' (missing {sorted(set(missing) - set(skipped))[:5]}, "
-            f"unexpected {unexpected[:5]}); {fix}"
-        )
-    return model
 
 
 def _make(name: str, builder: Callable[[int], nn.Module], layers: dict[str, str | None], *,
@@ -192,43 +156,42 @@ def _make(name: str, builder: Callable[[int], nn.Module], layers: dict[str, str 
           checkpoint: str | None) -> nn.Module:
     model = builder(NUM_CLASSES if num_classes is None else int(num_classes))
     if pretrained or checkpoint is not None:
-        load_checkpoint(model, name, checkpoint,
-                        new_head=num_classes is not None and int(num_classes) != NUM_CLASSES)
+        load_checkpoint(model, checkpoint_path(name) if checkpoint is None else checkpoint,
+                        new_head=num_classes is not None and int(num_classes) != NUM_CLASSES,
+                        remedy=f"run `saliencybench train {name}` to (re)create it, or pass pretrained=False")
     model.sb_layers = dict(layers)  # type: ignore[assignment]
     return model.to(device).eval()
 
 
+def _zoo_model(name: str, builder: Callable[[int], nn.Module], layers: dict[str, str | None], doc: str,
+               **meta: object) -> Callable[..., nn.Module]:
+    """Register zoo model ``name`` (built by ``builder``, checkpoint ``<name>.pt``) and return its factory."""
+
+    def factory(*, pretrained: bool = True, num_classes: int | None = None, device: str | torch.device = "cpu",
+                checkpoint: str | None = None) -> nn.Module:
+        return _make(name, builder, layers, pretrained=pretrained, num_classes=num_classes, device=device,
+                     checkpoint=checkpoint)
+
+    factory.__name__ = factory.__qualname__ = name
+    factory.__doc__ = doc
+    return register_model(name, dataset="synthetic", input_size=(3, 64, 64), num_classes=NUM_CLASSES,
+                          layers=layers, cam_layer=layers["cam"], checkpoint=f"{name}.pt", **meta)(factory)
+
+
 # ``accuracy``: top-1 of the shipped checkpoint on the whole synthetic test split (2000
-# images, seed 0), as returned by ``train_model`` (recipes in models/train.py, CPU, seed 0).
-_PAPER_RESNET = "Otsuki et al. 2024 (paper 001): Bottleneck ResNet, identity and projection skips"
-_PAPER_NIB = "Lee & Chang (paper 004): NIB VGG, Table 1 (VGG13-2 at width 1/4, global average pooling)"
-
-
-@register_model("sb_resnet", dataset="synthetic", input_size=(3, 64, 64), num_classes=NUM_CLASSES,
-                layers=RESNET_LAYERS, cam_layer="layer3", checkpoint="sb_resnet.pt",
-                accuracy=0.9895, paper=_PAPER_RESNET)
-def sb_resnet(*, pretrained: bool = True, num_classes: int | None = None, device: str | torch.device = "cpu",
-              checkpoint: str | None = None) -> nn.Module:
-    """Small Bottleneck ResNet (2 blocks x 3 stages, widths 32/64/128) for ``synthetic``."""
-    return _make("sb_resnet", _build_resnet, RESNET_LAYERS, pretrained=pretrained,
-                 num_classes=num_classes, device=device, checkpoint=checkpoint)
-
-
-@register_model("sb_vgg", dataset="synthetic", input_size=(3, 64, 64), num_classes=NUM_CLASSES,
-                layers=VGG_LAYERS, cam_layer=VGG_LAYERS["cam"], checkpoint="sb_vgg.pt",
-                accuracy=0.9985, paper="Simonyan & Zisserman 2014 (VGG with BatchNorm), torchvision names")
-def sb_vgg(*, pretrained: bool = True, num_classes: int | None = None, device: str | torch.device = "cpu",
-           checkpoint: str | None = None) -> nn.Module:
-    """Small VGG-BN (6 convs, 4 max-pools, global average pool, 3 FC layers) for ``synthetic``."""
-    return _make("sb_vgg", _build_vgg, VGG_LAYERS, pretrained=pretrained,
-                 num_classes=num_classes, device=device, checkpoint=checkpoint)
-
-
-@register_model("sb_nibvgg", dataset="synthetic", input_size=(3, 64, 64), num_classes=NUM_CLASSES,
-                layers=NIBVGG_LAYERS, cam_layer=NIBVGG_LAYERS["cam"], checkpoint="sb_nibvgg.pt",
-                accuracy=0.9975, paper=_PAPER_NIB, nib=True)
-def sb_nibvgg(*, pretrained: bool = True, num_classes: int | None = None, device: str | torch.device = "cpu",
-              checkpoint: str | None = None) -> nn.Module:
-    """NIB VGG13-2 of 004 Table 1 at width 1/4 (16..128 channels), GAP, FC-128 x2, for ``synthetic``."""
-    return _make("sb_nibvgg", _build_nibvgg, NIBVGG_LAYERS, pretrained=pretrained,
-                 num_classes=num_classes, device=device, checkpoint=checkpoint)
+# images, seed 0), as returned by ``train_model`` (the zoo recipes of
+# saliencybench.training.recipes, CPU, seed 0).
+sb_resnet = _zoo_model(
+    "sb_resnet", _build_resnet, RESNET_LAYERS,
+    "Small Bottleneck ResNet (2 blocks x 3 stages, widths 32/64/128) for ``synthetic``.",
+    accuracy=0.9895, paper="Otsuki et al. 2024: Bottleneck ResNet, identity and projection skips")
+sb_vgg = _zoo_model(
+    "sb_vgg", _build_vgg, VGG_LAYERS,
+    "Small VGG-BN (6 convs, 4 max-pools, global average pool, 3 FC layers) for ``synthetic``.",
+    accuracy=0.9985, paper="Simonyan & Zisserman 2014 (VGG with BatchNorm), torchvision names")
+sb_nibvgg = _zoo_model(
+    "sb_nibvgg", _build_nibvgg, NIBVGG_LAYERS,
+    "NIB VGG13-2 of Lee & Chang 2021, Table 1, at width 1/4 (16..128 channels), GAP, FC-128 x2, "
+    "for ``synthetic``.",
+    accuracy=0.9975, paper="Lee & Chang 2021: NIB VGG, Table 1 (VGG13-2 at width 1/4, global average pooling)",
+    nib=True)
