@@ -5,6 +5,7 @@ similarities equal scipy / scikit-image, and the per-layer curve equals Quantus'
 from __future__ import annotations
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 import torch.nn.functional as F
@@ -177,3 +178,16 @@ def test_cascading_curve_matches_quantus_mprt(tiny_cnn, tiny_batch):
     assert list(scores)[1:] == out.extra["layers"]
     for j, layer in enumerate(out.extra["layers"]):
         assert np.allclose(out.curve[:, j].numpy(), np.asarray(scores[layer]), atol=1e-6)
+
+
+def test_cascading_figure_is_written(tmp_path):
+    from saliencybench.benchmark.report.randomisation import randomisation_figures
+
+    rows = [{"suite": "s", "dataset": "d", "model": "m", "method": meth, "metric": metric, "sample_id": str(i),
+             "step": j, "x": j + 1, "value": 1.0 - j * slope + 0.01 * i}
+            for meth, slope in (("saliency", 0.3), ("guided_backprop", 0.05))
+            for metric in ("randomisation_cascading", "deletion") for i in range(3) for j in range(3)]
+    paths = randomisation_figures(pd.DataFrame(rows), tmp_path, layers={"m": ["fc", "conv2", "conv1"]})
+    assert [p.name for p in paths] == ["randomisation_randomisation_cascading_d_m.png"]
+    assert paths[0].stat().st_size > 1000
+    assert randomisation_figures(pd.DataFrame(columns=list(rows[0])), tmp_path) == []
