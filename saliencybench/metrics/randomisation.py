@@ -199,31 +199,20 @@ class ModelRandomisation(Metric):
                             status=status, extra={"layers": names})
 
 
-_PARAMS = "Adebayo et al. 2018, Sec. 3.1 (Fig. 2 cascading, Fig. 4 independent)"
+def _register(mode: str, figure: str, what: str) -> type[ModelRandomisation]:
+    """Register the metric ``randomisation_<mode>``: a subclass whose default mode is ``mode``."""
+    doc = f"{what.capitalize()} model-parameter randomisation (Adebayo et al. 2018, Sec. 3.1, {figure})."
+    cls = type(f"{mode.capitalize()}Randomisation", (ModelRandomisation,),
+               {"default_mode": mode, "__doc__": doc, "__module__": __name__})
+    return register_metric(
+        f"randomisation_{mode}", higher_is_better=False, paper=f"Adebayo et al. 2018, Sec. 3.1, {figure}",
+        defaults={"mode": mode, "similarity": "spearman", "seed": 42, "layers": None},
+        description=f"Model randomisation, {what}: mean similarity of maps over layers (curve per layer)",
+    )(cls)
 
 
-@register_metric(
-    "randomisation_cascading", higher_is_better=False, paper=_PARAMS,
-    defaults={"mode": "cascading", "similarity": "spearman", "seed": 42, "layers": None},
-    description="Model randomisation, cascading from the top: mean similarity of maps over layers (curve per layer)",
-)
-class CascadingRandomisation(ModelRandomisation):
-    """Cascading model-parameter randomisation (Adebayo et al. 2018, Sec. 3.1, Fig. 2)."""
-
-    default_mode = "cascading"
-
-
-@register_metric(
-    "randomisation_independent", higher_is_better=False, paper=_PARAMS,
-    defaults={"mode": "independent", "similarity": "spearman", "seed": 42, "layers": None},
-    description="Model randomisation, one layer at a time: mean similarity of maps over layers (curve per layer)",
-)
-class IndependentRandomisation(ModelRandomisation):
-    """Independent (one layer at a time) model-parameter randomisation (Adebayo et al. 2018,
-    Sec. 3.1, Fig. 4)."""
-
-    default_mode = "independent"
-
+CascadingRandomisation = _register("cascading", "Fig. 2", "cascading from the top")
+IndependentRandomisation = _register("independent", "Fig. 4", "one layer at a time")
 
 __all__ = [
     "CascadingRandomisation", "IndependentRandomisation", "ModelRandomisation", "randomisable_layers",
