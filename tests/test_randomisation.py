@@ -187,7 +187,7 @@ def test_cascading_figure_is_written(tmp_path):
              "step": j, "x": j + 1, "value": 1.0 - j * slope + 0.01 * i}
             for meth, slope in (("saliency", 0.3), ("guided_backprop", 0.05))
             for metric in ("randomisation_cascading", "deletion") for i in range(3) for j in range(3)]
-    paths = randomisation_figures(pd.DataFrame(rows), tmp_path, layers={"m": ["fc", "conv2", "conv1"]})
+    paths = randomisation_figures(pd.DataFrame(rows), tmp_path, layers={"m": ["conv1", "conv2", "fc"]})
     assert [p.name for p in paths] == ["randomisation_randomisation_cascading_d_m.png"]
     assert paths[0].stat().st_size > 1000
     assert randomisation_figures(pd.DataFrame(columns=list(rows[0])), tmp_path) == []

@@ -40,7 +40,7 @@ def _draw(ax: plt.Axes, block: pd.DataFrame, layers: Sequence[str] | None) -> No
     if layers:
         ax.set_xticks(np.arange(1, len(layers) + 1))
         ax.set_xticklabels(layers, rotation=70, fontsize=6)
-        ax.set_xlabel("randomised down to layer")
+        ax.set_xlabel("randomised layer")
     else:
         ax.set_xlabel("layers randomised (from the top)")
 
@@ -50,8 +50,10 @@ def randomisation_figures(curves: pd.DataFrame, out_dir: Path, *,
                           metrics: Sequence[str] = RANDOMISATION_METRICS) -> list[Path]:
     """One figure per (dataset, model, metric) of ``metrics`` found in ``curves``.
 
-    ``layers`` maps a model name to its layer names in randomisation order (the metric's
-    ``MetricOutput.extra["layers"]``), used as tick labels; without it the axis counts layers.
+    ``layers`` maps a model name to its randomised layers in ``named_modules`` order (bottom-up, as
+    :func:`saliencybench.metrics.randomisation.randomisable_layers` lists them); the figure puts
+    them in each metric's order (top-down for cascading) as tick labels. Without it the axis
+    counts layers.
     Returns the paths written (``randomisation_<metric>_<dataset>_<model>.png`` in ``out_dir``).
     """
     rows = curves[curves["metric"].isin(list(metrics))] if len(curves) else curves
@@ -63,9 +65,10 @@ def randomisation_figures(curves: pd.DataFrame, out_dir: Path, *,
     paths = []
     for (ds, model, metric), block in rows.groupby(["dataset", "model", "metric"], sort=True):
         fig, ax = plt.subplots(figsize=(max(5.0, 0.18 * block["step"].nunique() + 3.0), 3.8))
-        _draw(ax, block, (layers or {}).get(model))
-        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         kind = "cascading" if "cascading" in metric else "independent"
+        names = (layers or {}).get(model)
+        _draw(ax, block, None if names is None else list(reversed(names)) if kind == "cascading" else list(names))
+        ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         ax.set_title(f"{ds} / {model}: {kind} randomisation ({metric})", fontsize=9)
         paths.append(save_figure(fig, out_dir / f"randomisation_{safe_filename(metric)}_{safe_filename(ds)}_"
                                                f"{safe_filename(model)}.png"))
