@@ -127,3 +127,13 @@ def test_matches_quantus(frac):
         idx = np.flatnonzero(removed[i, 0].numpy())
         ref = perturb.noisy_linear_imputation(x[i].numpy(), idx, noise=0.0)
         assert np.allclose(ours[i].numpy(), ref, atol=1e-6, rtol=0)
+
+
+def test_nothing_removed_and_everything_removed():
+    x, _ = _random_case(b=2)
+    none = torch.zeros(2, 1, H, W, dtype=torch.bool)
+    assert torch.equal(noisy_linear_impute(x, none), x)
+    # No known pixel at all: the system is singular; the solver leaves 0 (plus noise), where
+    # Quantus's direct solve fails.
+    out = noisy_linear_impute(x, ~none, noise_std=0.0)
+    assert torch.equal(out, torch.zeros_like(x))
