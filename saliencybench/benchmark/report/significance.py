@@ -214,10 +214,11 @@ def critical_difference_figure(scores: pd.DataFrame, higher_is_better: Mapping[s
     if k < 2 or n < 1:
         raise ValueError("a critical-difference diagram needs at least two methods present in every block")
     cd = nemenyi_cd(k, n, alpha)
-    half = (k + 1) // 2
-    fig, ax = plt.subplots(figsize=(8.0, 1.6 + 0.22 * half))
+    cliques = _cliques(ranks, cd)
+    half, top = (k + 1) // 2, 0.6 + 0.3 * len(cliques)
+    fig, ax = plt.subplots(figsize=(8.0, 1.6 + 0.22 * (half + top)))
     ax.set_xlim(k + 0.5, 0.5)  # rank 1 (best) on the right, as in Demšar's Fig. 1
-    ax.set_ylim(-(half + 1.5), 2.0)
+    ax.set_ylim(-(half + top + 0.5), 2.0)
     ax.axis("off")
     ax.hlines(0, 1, k, color="k", lw=1)
     for t in range(1, k + 1):
@@ -227,11 +228,11 @@ def critical_difference_figure(scores: pd.DataFrame, higher_is_better: Mapping[s
     ax.text(1 + cd / 2, 1.5, f"CD = {cd:.2f}", ha="center", fontsize=7)
     for i, (method, r) in enumerate(ranks.items()):
         best_side = i < half
-        y = -(i if best_side else k - 1 - i) - 1.0
+        y = -(i if best_side else k - 1 - i) - top
         x_label = 0.6 if best_side else k + 0.4
         ax.plot([r, r, x_label], [0, y, y], color="0.3", lw=0.7)
         ax.text(x_label, y, f"{method} ({r:.2f})", ha="left" if best_side else "right", va="center", fontsize=7)
-    for level, (lo, hi) in enumerate(_cliques(ranks, cd)):
-        ax.hlines(-0.35 - 0.18 * level, lo - 0.05, hi + 0.05, color="tab:red", lw=2.2)
+    for level, (lo, hi) in enumerate(cliques):
+        ax.hlines(-0.4 - 0.3 * level, lo - 0.05, hi + 0.05, color="tab:red", lw=2.2)
     ax.set_title(title or f"Critical difference (Nemenyi, alpha={alpha}): {k} methods, {n} blocks", fontsize=9)
     return save_figure(fig, Path(out_path))
