@@ -154,7 +154,9 @@ def test_unknown_parameters_and_missing_model_keyword(tiny_cnn, tiny_batch):
         metric.evaluate(ctx, compute_attribution("saliency", tiny_cnn, x, y))
 
 
-def test_cascading_curve_matches_quantus_mprt(tiny_cnn, tiny_batch):
+@pytest.mark.parametrize("order,metric", [("top_down", "randomisation_cascading"),
+                                          ("independent", "randomisation_independent")])
+def test_curve_matches_quantus_mprt(tiny_cnn, tiny_batch, order, metric):
     # Same layers (modules with reset_parameters, top down), same re-initialisation
     # (manual_seed(seed + 1) before each reset), same maps (|saliency|), Spearman per layer:
     # the per-layer similarities agree to 1e-6. By construction, Quantus's per-sample average
@@ -171,10 +173,10 @@ def test_cascading_curve_matches_quantus_mprt(tiny_cnn, tiny_batch):
         xx = torch.as_tensor(inputs, dtype=torch.float32)
         return compute_attribution("saliency", model, xx, torch.as_tensor(targets)).detach().numpy()
 
-    mprt = quantus.MPRT(layer_order="top_down", seed=42, disable_warnings=True)
+    mprt = quantus.MPRT(layer_order=order, seed=42, disable_warnings=True)
     scores = mprt(model=tiny_cnn, x_batch=x.numpy(), y_batch=y.numpy(), a_batch=a.numpy(),
                   explain_func=explain, device="cpu", channel_first=True)
-    out = _evaluate("randomisation_cascading", tiny_cnn, "saliency", x, y)
+    out = _evaluate(metric, tiny_cnn, "saliency", x, y)
     assert list(scores)[1:] == out.extra["layers"]
     for j, layer in enumerate(out.extra["layers"]):
         assert np.allclose(out.curve[:, j].numpy(), np.asarray(scores[layer]), atol=1e-6)
