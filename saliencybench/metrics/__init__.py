@@ -6,4 +6,5 @@ from saliencybench.metrics import (  # noqa: F401 - imported for their registrat
     mia,
     pixel_perturbation,
     quantus_adapter,
+    randomisation,
 )
