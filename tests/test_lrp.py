@@ -11,9 +11,15 @@ import torchvision
 from torch import nn
 
 from saliencybench.attributions.base import compute_attribution
-from saliencybench.attributions.lrp import lrp, lrp_resnet_with_checkpoints
-from saliencybench.attributions.lrp_engine import LRPUnsupportedModel, lrp_relevance, trace_model
-from saliencybench.attributions.lrp_rules import LayerRule, linear_relevance, split_relevance
+from saliencybench.attributions.lrp import (
+    LRPUnsupportedModel,
+    lrp,
+    lrp_relevance,
+    lrp_resnet_with_checkpoints,
+    trace_model,
+)
+from saliencybench.attributions.lrp.canonizers import RatioSplit, SymmetricSplit
+from saliencybench.attributions.lrp.rules import ZPlus
 from saliencybench.attributions.postprocess import heat_quantize
 from saliencybench.core.registry import METHODS, MODELS
 
@@ -122,7 +128,7 @@ def test_zero_denominator_fallback_keeps_conservation_without_nan():
     h = torch.rand(1, 2, 6, 6, dtype=torch.float64)
     h[..., :3, :3] = 0.0
     r_out = torch.rand(1, 3, 6, 6, dtype=torch.float64)
-    r_in = linear_relevance(conv, h, r_out, LayerRule("zplus"))
+    r_in = ZPlus().relevance(conv, h, r_out)
     assert torch.isfinite(r_in).all()
     assert torch.allclose(r_in.sum(), r_out.sum(), rtol=1e-12)
 
@@ -135,7 +141,7 @@ def test_ratio_split_sums_to_input_and_fraction_in_unit_interval():
     hm = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64)
     hs[0, 0] = 0.0
     hm[0, 0] = 0.0  # both branches zero: stabiliser halves, never NaN
-    rs, rm = split_relevance(r, hs, hm, "ratio")
+    rs, rm = RatioSplit()(r, hs, hm)
     assert torch.isfinite(rs).all() and torch.isfinite(rm).all()
     assert torch.allclose(rs + rm, r, rtol=0, atol=1e-15)
     frac = rs / r
@@ -149,7 +155,7 @@ def test_ratio_split_sums_to_input_and_fraction_in_unit_interval():
 
 def test_symmetric_split_halves():
     r = torch.randn(2, 3, 4, 4)
-    rs, rm = split_relevance(r, torch.randn_like(r), torch.randn_like(r), "symmetric")
+    rs, rm = SymmetricSplit()(r, torch.randn_like(r), torch.randn_like(r))
     assert torch.equal(rs, r * 0.5) and torch.allclose(rs + rm, r)
 
 

@@ -7,11 +7,11 @@ import torch
 from methods_helpers import tiny_resnet
 from torchvision.models import resnet18
 
+from saliencybench.attributions.activations import target_scores
 from saliencybench.attributions.base import compute_attribution
 from saliencybench.attributions.fullgrad import bias_gradients
-from saliencybench.attributions.layer import target_scores
 from saliencybench.attributions.path import completeness_delta
-from saliencybench.attributions.perturbation import rise_masks
+from saliencybench.attributions.rise import rise_masks
 from saliencybench.core.guard import model_guard
 from saliencybench.core.registry import METHODS
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from saliencybench.attributions.layer import (
+from saliencybench.attributions.activations import (
     forward_with_activation,
     gradient_at,
     replace_layer_output,
@@ -188,10 +188,10 @@ _RAO = "Rao, Böhle, Schiele 2022 (20 steps); Lee & Chang (50 steps)"
 register_method("integrated_gradients", family="path",
                 paper=f"Sundararajan et al. 2017; {_RAO}",
                 defaults={"steps": 50, "method": "gausslegendre"}, postprocess=("sum",),
-                conservation="completeness", layer_capable=True, fn=integrated_gradients)
+                conservation="completeness", fn=integrated_gradients)
 register_method("s_intgrad", family="path", paper="Rao, Böhle, Schiele 2022 §5.2 (S-IntGrad)",
                 defaults={"steps": 20, "method": "gausslegendre"}, postprocess=("sum", "gauss:9"),
-                layer_capable=True, fn=integrated_gradients,
+                fn=integrated_gradients,
                 description="IntGrad smoothed with a Gaussian of kernel K, std K/4 (override "
                             "postprocess=['sum','gauss:K'] for another K)")
 register_method("guided_ig", family="path",

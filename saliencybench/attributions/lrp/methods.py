@@ -1,9 +1,12 @@
 """Registered LRP methods: the LRP rule family and LRP for ResNet (Otsuki et al. 2024, 001).
 
 All entries share one implementation, :func:`lrp`, and differ only in registry defaults
-(and post-processing), so a suite can re-parametrise any of them. The engine is in
-:mod:`saliencybench.attributions.lrp_engine`, the single-layer rules in
-:mod:`saliencybench.attributions.lrp_rules`.
+(and post-processing), so a suite can re-parametrise any of them. The defaults are the fields
+of :class:`~saliencybench.attributions.lrp.composites.LRPConfig`, from which
+:func:`~saliencybench.attributions.lrp.composites.composite_for` builds the rules
+(:mod:`~saliencybench.attributions.lrp.rules`) and canonizer-like steps
+(:mod:`~saliencybench.attributions.lrp.canonizers`) that the engine
+(:mod:`~saliencybench.attributions.lrp.engine`) applies.
 
 | registry name | rule | merge | identity skips | HQ | 001 |
 |---|---|---|---|---|---|
@@ -26,7 +29,7 @@ divides by the pre-BN conv output and its relevance explodes on BN networks. ``l
 keep the paper's rule, BatchNorm passes relevance unchanged (001 §3.1).
 
 First layer and max pooling of ``lrp_resnet*`` (parameters ``input_rule`` and ``maxpool``,
-:func:`~saliencybench.attributions.lrp_rules.input_relevance`): z+ on the signed, normalised
+:mod:`~saliencybench.attributions.lrp.rules`): z+ on the signed, normalised
 image (``input_rule="zplus"``) has denominators that cross zero, so a few pixels get huge
 relevance of either sign. The official code of Otsuki et al. 2024 replaces the image by ones
 for that step (``ones``) and relevance-propagates max pooling through a 2x2 average pool
@@ -46,7 +49,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from saliencybench.attributions.lrp_engine import LRPConfig, lrp_relevance
+from saliencybench.attributions.lrp.composites import LRPConfig
+from saliencybench.attributions.lrp.engine import lrp_relevance
 from saliencybench.core.errors import NotApplicableError
 from saliencybench.core.registry import register_method
 
@@ -138,12 +142,12 @@ _VARIANTS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
 
 for _name, _over, _post, _desc in _VARIANTS:
     register_method(
-        _name, family="lrp", paper=PAPER, needs=("forward",), defaults={**_RESNET, **_over},
+        _name, family="lrp", paper=PAPER, defaults={**_RESNET, **_over},
         postprocess=_post, conservation="lrp", description=_desc, fn=lrp_for_resnet,
     )
 
 register_method(
-    "lrp_epsilon", family="lrp", paper="Bach et al. 2015; 001 Table 1 'LRP'", needs=("forward",),
+    "lrp_epsilon", family="lrp", paper="Bach et al. 2015; 001 Table 1 'LRP'",
     defaults={**_BASELINE, "rule": "epsilon"}, postprocess=("sum",), conservation="lrp",
     description="LRP epsilon rule (eps=1e-6, bias in the denominator) on every conv / linear "
     "layer (BN folded into it), standard sum rule at residual merges. 001 Table 1 / Table C "
@@ -152,7 +156,7 @@ register_method(
 )
 for _name in ("lrp_zplus", "lrp_alpha1beta0"):
     register_method(
-        _name, family="lrp", paper="Bach et al. 2015; Montavon et al. 2017", needs=("forward",),
+        _name, family="lrp", paper="Bach et al. 2015; Montavon et al. 2017",
         defaults={**_BASELINE, "rule": "zplus"}, postprocess=("sum",), conservation="lrp",
         description="LRP z+ = alpha1beta0 rule (positive contributions, no bias) on every conv / "
         "linear layer (BN folded into it), standard sum rule at residual merges (zennit ZPlus, "
@@ -161,7 +165,7 @@ for _name in ("lrp_zplus", "lrp_alpha1beta0"):
     )
 register_method(
     "lrp_mixture", family="lrp", paper="001 supp. Table C 'LRP (Mixture of rules)'",
-    needs=("forward",), defaults={**_BASELINE, "rule": "mixture", "switch_block": 8},
+    defaults={**_BASELINE, "rule": "mixture", "switch_block": 8},
     postprocess=("sum",), conservation="lrp",
     description="LRP rule mixture: epsilon after the 8th residual block, alpha1beta0 before "
     "(models without blocks: epsilon on linear layers). 001 supp. Table C.",
