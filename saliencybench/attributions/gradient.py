@@ -182,7 +182,7 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[i
 
 
 _RAO = "Rao, Böhle, Schiele 2022 (CVPR), supp. H"
-_LEE = "Lee & Chang, Attribution Mask (004)"
+_LEE = "Lee & Chang, Attribution Mask"
 
 register_method("saliency", family="gradient", paper=f"Simonyan et al. 2014; {_RAO} (absolute value)",
                 postprocess=("abs_sum",), fn=gradient,

@@ -152,13 +152,11 @@ def guided_integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, *, 
     l1_total = span.abs().sum(1)
     eps = 1e-9
     for step in range(steps):
-        grad_actual, _ = gradient_at(model, cur.view_as(x), target, None)
-        grad_actual = grad_actual.flatten(1)
+        grad_actual = gradient_at(model, cur.view_as(x), target, None)[0].flatten(1)
         grad = grad_actual.clone()
         alpha = (step + 1) / steps
         a_min, a_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
-        x_min = x_base + a_min * span
-        x_max = x_base + a_max * span
+        x_min, x_max = x_base + a_min * span, x_base + a_max * span
         l1_target = l1_total * (1 - alpha)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         for _ in range(max_inner_iters):

@@ -105,16 +105,16 @@ class LRPConfig:
     switch_block: int = 8
     # rules see conv + eval-mode BN as one folded conv (zennit's MergeBatchNorm): True for every
     # rule, "epsilon" only where the epsilon rule applies (whose denominator must include BN's
-    # shift), False: BN passes relevance unchanged (001 §3.1)
+    # shift), False: BN passes relevance unchanged (Otsuki et al. 2024 §3.1)
     canonize_bn: bool | str = False
-    # the first linear layer's rule (lrp_rules.input_relevance): zplus on the signed image,
-    # ones (001 official code), zbox (bounds of the normalised pixel range [0, 1], from
+    # the first linear layer's rule (rules.WPlus / Flat / PixelBox): zplus on the signed image,
+    # ones (Otsuki et al. 2024 official code), zbox (bounds of the normalised pixel range [0, 1], from
     # input_mean / input_std), flat
     input_rule: str = "zplus"
     input_mean: tuple[float, ...] | None = None
     input_std: tuple[float, ...] | None = None
     # max pooling in the relevance pass: wta (z rule of the max pool: relevance to the
-    # arg-max) or avg2 (a 2x2 average pool, stride 2, in its place: 001 official code)
+    # arg-max) or avg2 (a 2x2 average pool, stride 2, in its place: Otsuki et al. 2024 official code)
     maxpool: str = "wta"
 
     def __post_init__(self) -> None:

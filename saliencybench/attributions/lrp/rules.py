@@ -57,7 +57,7 @@ _WPOS: dict[int, tuple[Any, tuple, Tensor]] = {}
 
 
 def positive_weight(weight: Tensor) -> Tensor:
-    """``max(0, W)`` (001 Eq. 2), cached per parameter until it changes (version, storage).
+    """``max(0, W)`` (Otsuki et al. 2024 Eq. 2), cached per parameter until it changes (version, storage).
 
     The cache entry dies with the parameter (weakref finalizer), so models are not kept alive.
     """
@@ -281,7 +281,7 @@ class PixelBox(ZBox):
 
 
 def pool_relevance(module: nn.Module, h: Tensor, r_out: Tensor, stabilizer: float = 0.0) -> Tensor:
-    """Relevance at the input of a pooling layer viewed as a linear map (001 §3.1).
+    """Relevance at the input of a pooling layer viewed as a linear map (Otsuki et al. 2024 §3.1).
 
     Average pooling has positive weights, so z+ = z; max pooling is the linear map that picks
     the arg-max of each window, so relevance goes to the winner. Outputs with ``z == 0`` and
