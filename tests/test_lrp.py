@@ -497,3 +497,20 @@ def test_a_new_rule_is_one_class():
     half = lrp_relevance(model, x, t, composite=Composite(default=HalfZPlus())).relevance
     n_linear = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
     assert torch.allclose(half, base * 0.5 ** n_linear, rtol=1e-9, atol=0)
+
+
+def test_a_composite_by_layer_type_equals_the_mixture_without_blocks():
+    """Without residual blocks the rule mixture is epsilon on the fully connected layers and z+
+    elsewhere: the same as a composite keyed by layer type."""
+    from saliencybench.attributions.lrp import Composite
+    from saliencybench.attributions.lrp.composites import of_type
+    from saliencybench.attributions.lrp.rules import Epsilon
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),
+                          nn.ReLU(), nn.Linear(8, 5)).double().eval()
+    x = torch.rand(2, 3, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([1, 4])
+    by_type = Composite(default=ZPlus(), layers=((of_type(nn.Linear), Epsilon(1e-6)),))
+    ours = lrp_relevance(model, x, t, composite=by_type).relevance
+    assert torch.equal(ours, lrp_relevance(model, x, t, rule="mixture").relevance)

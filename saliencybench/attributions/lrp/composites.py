@@ -14,7 +14,14 @@ from typing import Callable, Protocol
 
 from torch import nn
 
-from saliencybench.attributions.lrp.canonizers import SPLIT_MODES, SPLITS, MergeBatchNorm, ResidualSplit, SignedSplit
+from saliencybench.attributions.lrp.canonizers import (
+    SPLIT_MODES,
+    SPLITS,
+    MergeBatchNorm,
+    RatioSplit,
+    ResidualSplit,
+    SignedSplit,
+)
 from saliencybench.attributions.lrp.rules import (
     Alpha1Beta0,
     Avg2Pool,
@@ -43,6 +50,15 @@ MAXPOOL_MODES = ("wta", "avg2")
 Selector = Callable[[Layer, int], bool]
 
 
+def of_type(*types: type[nn.Module]) -> Selector:
+    """Layers whose module is one of ``types`` (zennit's type-mapped composites)."""
+
+    def select(layer: Layer, n_blocks: int) -> bool:
+        return isinstance(layer.module, types)
+
+    return select
+
+
 def after_block(k: int) -> Selector:
     """Layers after the ``k``-th residual block; on a network without blocks, its fully
     connected layers (Otsuki et al. 2024 supp. Table C, the rule mixture)."""
@@ -66,6 +82,9 @@ class Composite:
         pool: the rule of average pooling; ``max_pool`` that of max pooling.
         bn: the BatchNorm fold (None: BatchNorm passes relevance unchanged).
         split: the relevance split at residual merges.
+
+    Example: z+ everywhere, epsilon on the fully connected layers, w+ at the image:
+    ``Composite(default=ZPlus(), layers=((of_type(nn.Linear), Epsilon()),), first=WPlus())``.
     """
 
     default: Rule
@@ -74,7 +93,7 @@ class Composite:
     pool: Rule = Pool()
     max_pool: Rule = Pool()
     bn: MergeBatchNorm | None = None
-    split: ResidualSplit = ResidualSplit(SignedSplit())
+    split: ResidualSplit = ResidualSplit(RatioSplit())
 
     def rule_for(self, layer: Layer, n_blocks: int) -> Rule:
         for select, rule in self.layers:
