@@ -15,7 +15,6 @@ from saliencybench import register_method
     "my_gradient_squared",
     family="plugin",
     paper="your paper here",
-    needs=("gradient",),
     postprocess=("sum",),  # channel sum to a (B,1,H,W) map; see saliencybench.attributions.postprocess
     description="squared input gradient of the target logit",
 )

@@ -39,7 +39,7 @@ def precomputed_entry(name: str) -> Entry:
     :meth:`~saliencybench.benchmark.runner.Runner.provide_attributions` (channel-summed like a
     registered method's output; metrics that re-run the method skip it)."""
     return Entry(name=name, obj=_precomputed_fn, kind="method", meta={
-        "family": "precomputed", "paper": "", "needs": (), "defaults": {}, "postprocess": ("sum",),
+        "family": "precomputed", "paper": "", "defaults": {}, "postprocess": ("sum",),
         "stochastic": False, "conservation": None, "layer_capable": False, "precomputed": True,
         "description": "maps passed to saliencybench.evaluate(attributions=...)"})
 

@@ -99,9 +99,9 @@ def register_all() -> None:
     register_dataset("toy", description="test toy data")(toy_dataset)
     register_model("toy_net", dataset="toy")(lambda **kw: ToyNet().eval())
     register_method("toy_gxi", family="gradient")(grad_x_input)
-    register_method("toy_noise", family="baseline", stochastic=True, needs=())(noisy)
-    register_method("toy_nan", family="baseline", needs=())(nan_method)
-    register_method("toy_broken", family="baseline", needs=())(broken_method)
+    register_method("toy_noise", family="baseline", stochastic=True)(noisy)
+    register_method("toy_nan", family="baseline")(nan_method)
+    register_method("toy_broken", family="baseline")(broken_method)
     register_metric("toy_mean", higher_is_better=True)(MeanMap)
     register_metric("toy_curve", higher_is_better=True)(ForwardCurve)
 
@@ -128,7 +128,7 @@ def na_method(model, x, target, **kw):
 
 
 if "toy_na" not in METHODS:
-    register_method("toy_na", family="baseline", needs=())(na_method)
+    register_method("toy_na", family="baseline")(na_method)
 
 
 def wrong_shape(model, x, target, **kw):
@@ -140,5 +140,5 @@ def wrong_batch(model, x, target, **kw):
 
 
 if "toy_wrong_shape" not in METHODS:
-    register_method("toy_wrong_shape", family="baseline", needs=())(wrong_shape)
-    register_method("toy_wrong_batch", family="baseline", needs=())(wrong_batch)
+    register_method("toy_wrong_shape", family="baseline")(wrong_shape)
+    register_method("toy_wrong_batch", family="baseline")(wrong_batch)

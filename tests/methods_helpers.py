@@ -8,9 +8,6 @@ import torch
 from torch import nn
 from torchvision.models.resnet import Bottleneck
 
-# What the small test models offer; methods needing more are skipped on them.
-SUPPORTED_NEEDS = {"gradient", "forward", "layer"}
-
 
 def builtin_methods() -> list[str]:
     """Registered methods implemented in the package (test modules register deliberately broken toys)."""

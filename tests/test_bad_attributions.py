@@ -62,7 +62,7 @@ KINDS = ["zeros", "constant", "negative", "nan_all", "posinf_one_pixel", "neginf
 
 for _k in KINDS:
     if f"bad_{_k}" not in METHODS:
-        register_method(f"bad_{_k}", family="baseline", needs=())(
+        register_method(f"bad_{_k}", family="baseline")(
             lambda model, x, target, _k=_k, **kw: _maps(_k, x))
 
 

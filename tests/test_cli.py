@@ -76,7 +76,7 @@ def test_plugin_method_appears_in_leaderboard(toy_config, tmp_path):
     plugin.write_text(
         "import torch\n"
         "from saliencybench import register_method\n"
-        "@register_method('my_center', family='plugin', needs=())\n"
+        "@register_method('my_center', family='plugin')\n"
         "def my_center(model, x, target, **kw):\n"
         "    h, w = x.shape[-2:]\n"
         "    yy, xx = torch.meshgrid(torch.arange(h), torch.arange(w), indexing='ij')\n"

@@ -13,14 +13,13 @@ import copy
 import numpy as np
 import pytest
 import torch
-from methods_helpers import FAST, SUPPORTED_NEEDS, assert_same_state, builtin_methods, model_state, tiny_resnet
+from methods_helpers import FAST, assert_same_state, builtin_methods, model_state, tiny_resnet
 
 from saliencybench.attributions.base import compute_attribution
 from saliencybench.benchmark.config import config_from_dict
 from saliencybench.benchmark.runner import run_suite
 from saliencybench.benchmark.store import read_scores
 from saliencybench.core.errors import NotApplicableError
-from saliencybench.core.registry import METHODS
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -33,8 +32,6 @@ def _inputs(n: int = 4) -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("name", builtin_methods())
 def test_method_on_cuda_equals_cpu(name: str) -> None:
-    if set(METHODS.get(name).meta.get("needs", ())) - SUPPORTED_NEEDS:
-        pytest.skip(f"{name} needs more than the test model offers")
     cpu_model = tiny_resnet().double()
     x, t = _inputs()
     seeds = [10, 11, 12, 13]

@@ -51,7 +51,7 @@ def test_occlusion_covers_last_row_and_column(size, k, s):
 def test_occlusion_windows_reach_the_border_at_inception_size():
     """299 px with K=16, s=8: 37 windows per axis (Captum's count), the last one clipped to rows
     288-298; 36 windows stopped at row 295 and left rows 296-298 out."""
-    from saliencybench.attributions.perturbation import (
+    from saliencybench.attributions.occlusion import (
         _window_masks,
         occlusion_window_counts,
     )

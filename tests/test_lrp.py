@@ -11,9 +11,15 @@ import torchvision
 from torch import nn
 
 from saliencybench.attributions.base import compute_attribution
-from saliencybench.attributions.lrp import lrp, lrp_resnet_with_checkpoints
-from saliencybench.attributions.lrp_engine import LRPUnsupportedModel, lrp_relevance, trace_model
-from saliencybench.attributions.lrp_rules import LayerRule, linear_relevance, split_relevance
+from saliencybench.attributions.lrp import (
+    LRPUnsupportedModel,
+    lrp,
+    lrp_relevance,
+    lrp_resnet_with_checkpoints,
+    trace_model,
+)
+from saliencybench.attributions.lrp.canonizers import RatioSplit, SymmetricSplit
+from saliencybench.attributions.lrp.rules import ZPlus
 from saliencybench.attributions.postprocess import heat_quantize
 from saliencybench.core.registry import METHODS, MODELS
 
@@ -62,7 +68,7 @@ def _worst_layer_error(model: nn.Module, x: torch.Tensor, t: torch.Tensor, **kw)
     for key, s in res.layer_sums.items():
         ref = _expected_sum(key, res.layer_sums, blocks, p)
         worst = max(worst, float(((s - ref).abs() / p.abs()).max()))
-    # the 001 §5.5 checkpoints agree with p too
+    # the Otsuki et al. 2024 §5.5 checkpoints agree with p too
     for k in ("input", "first_block", "last_block"):
         worst = max(worst, float(((res.checkpoints[k] - p).abs() / p.abs()).max()))
     return worst
@@ -117,12 +123,12 @@ def test_checkpoints_match_probability_and_raw_map():
 
 def test_zero_denominator_fallback_keeps_conservation_without_nan():
     # relevance on an output whose z+ is 0 (all inputs of the receptive field are 0):
-    # 001 leaves it undefined; our flat fallback keeps it and produces no NaN.
+    # Otsuki et al. 2024 leave it undefined; our flat fallback keeps it and produces no NaN.
     conv = nn.Conv2d(2, 3, 3, padding=1).double()
     h = torch.rand(1, 2, 6, 6, dtype=torch.float64)
     h[..., :3, :3] = 0.0
     r_out = torch.rand(1, 3, 6, 6, dtype=torch.float64)
-    r_in = linear_relevance(conv, h, r_out, LayerRule("zplus"))
+    r_in = ZPlus().relevance(conv, h, r_out)
     assert torch.isfinite(r_in).all()
     assert torch.allclose(r_in.sum(), r_out.sum(), rtol=1e-12)
 
@@ -135,7 +141,7 @@ def test_ratio_split_sums_to_input_and_fraction_in_unit_interval():
     hm = torch.randn(4, 8, 5, 5, generator=g, dtype=torch.float64)
     hs[0, 0] = 0.0
     hm[0, 0] = 0.0  # both branches zero: stabiliser halves, never NaN
-    rs, rm = split_relevance(r, hs, hm, "ratio")
+    rs, rm = RatioSplit()(r, hs, hm)
     assert torch.isfinite(rs).all() and torch.isfinite(rm).all()
     assert torch.allclose(rs + rm, r, rtol=0, atol=1e-15)
     frac = rs / r
@@ -149,7 +155,7 @@ def test_ratio_split_sums_to_input_and_fraction_in_unit_interval():
 
 def test_symmetric_split_halves():
     r = torch.randn(2, 3, 4, 4)
-    rs, rm = split_relevance(r, torch.randn_like(r), torch.randn_like(r), "symmetric")
+    rs, rm = SymmetricSplit()(r, torch.randn_like(r), torch.randn_like(r))
     assert torch.equal(rs, r * 0.5) and torch.allclose(rs + rm, r)
 
 
@@ -376,7 +382,7 @@ def test_bn_fold_keeps_plain_epsilon_finite_on_the_zoo_resnet():
     folded, unfolded = float(err(True)), float(err(False))
     assert folded < 2.0 and unfolded > 1e3 * folded
     # LRP for ResNet with the rule mixture folds BN only under its epsilon layers (z+ keeps
-    # 001's BN pass-through): with the switch after block 3 of 6, measured median error 0.66
+    # Otsuki et al. 2024's BN pass-through): with the switch after block 3 of 6, measured median error 0.66
     # folded against 11 (max 8e3) unfolded
     mix = {**METHODS.get("lrp_resnet_mixture").meta["defaults"], "switch_block": 3}
     assert mix["canonize_bn"] == "epsilon"
@@ -389,7 +395,7 @@ def test_bn_fold_keeps_plain_epsilon_finite_on_the_zoo_resnet():
     with pytest.raises(ValueError, match="canonize_bn"):
         lrp_relevance(model, ds.x[:1], ds.y[:1], canonize_bn="zplus")
     assert METHODS.get("lrp_epsilon").meta["defaults"]["canonize_bn"] is True
-    assert "canonize_bn" not in METHODS.get("lrp_resnet").meta["defaults"]  # 001: BN passes R
+    assert "canonize_bn" not in METHODS.get("lrp_resnet").meta["defaults"]  # Otsuki et al. 2024: BN passes R
 
 
 # ---------------------------------------------------------------------------- registry / guard
@@ -453,3 +459,58 @@ def test_unsupported_model_raises_clearly():
 
     with pytest.raises(LRPUnsupportedModel, match="Tanh"):
         lrp(Odd().eval(), torch.randn(1, 3, 8, 8), torch.tensor([0]))
+
+
+# ---------------------------------------------------------------------------- composable rules
+def test_a_hand_built_composite_equals_the_registered_one():
+    """A composite is rules by layer: lrp_resnet's (z+, w+ first layer, ratio split) built by
+    hand gives the registered method's relevance bit for bit."""
+    from saliencybench.attributions.lrp import Composite, LRPConfig
+    from saliencybench.attributions.lrp.canonizers import ResidualSplit
+    from saliencybench.attributions.lrp.rules import WPlus
+
+    model = _resnet("resnet18", torch.float64)
+    x = torch.randn(2, 3, 32, 32, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    t = torch.tensor([0, 1])
+    cfg = LRPConfig(**METHODS.get("lrp_resnet").meta["defaults"])
+    hand = Composite(default=ZPlus(), first=WPlus(), split=ResidualSplit(RatioSplit()))
+    ours = lrp_relevance(model, x, t, config=cfg, composite=hand).relevance
+    assert torch.equal(ours, lrp_relevance(model, x, t, config=cfg).relevance)
+
+
+def test_a_new_rule_is_one_class():
+    """A rule subclass plugs into a composite without touching the engine: z+ with every
+    relevance halved scales the map by 1/2 per linear layer (every rule is linear in R)."""
+    from saliencybench.attributions.lrp import Composite
+    from saliencybench.attributions.lrp.rules import Rule
+
+    class HalfZPlus(Rule):
+        def relevance(self, module, h, r_out, z_forward=None):
+            return ZPlus().relevance(module, h, r_out) * 0.5
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.MaxPool2d(2), nn.Conv2d(4, 4, 3), nn.ReLU(),
+                          nn.Flatten(), nn.Linear(4 * 4 * 4, 5)).double().eval()
+    x = torch.rand(1, 3, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    t = torch.tensor([3])
+    base = lrp_relevance(model, x, t, composite=Composite(default=ZPlus())).relevance
+    half = lrp_relevance(model, x, t, composite=Composite(default=HalfZPlus())).relevance
+    n_linear = sum(isinstance(m, (nn.Conv2d, nn.Linear)) for m in model.modules())
+    assert torch.allclose(half, base * 0.5 ** n_linear, rtol=1e-9, atol=0)
+
+
+def test_a_composite_by_layer_type_equals_the_mixture_without_blocks():
+    """Without residual blocks the rule mixture is epsilon on the fully connected layers and z+
+    elsewhere: the same as a composite keyed by layer type."""
+    from saliencybench.attributions.lrp import Composite
+    from saliencybench.attributions.lrp.composites import of_type
+    from saliencybench.attributions.lrp.rules import Epsilon
+
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.AvgPool2d(2), nn.Flatten(), nn.Linear(4 * 6 * 6, 8),
+                          nn.ReLU(), nn.Linear(8, 5)).double().eval()
+    x = torch.rand(2, 3, 14, 14, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    t = torch.tensor([1, 4])
+    by_type = Composite(default=ZPlus(), layers=((of_type(nn.Linear), Epsilon(1e-6)),))
+    ours = lrp_relevance(model, x, t, composite=by_type).relevance
+    assert torch.equal(ours, lrp_relevance(model, x, t, rule="mixture").relevance)

@@ -8,13 +8,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from saliencybench.attributions.lrp import lrp
-from saliencybench.attributions.lrp_engine import LRPConfig, LRPUnsupportedModel, lrp_relevance
-from saliencybench.attributions.lrp_rules import input_relevance
+from saliencybench.attributions.lrp import LRPConfig, LRPUnsupportedModel, lrp, lrp_relevance
+from saliencybench.attributions.lrp.rules import Flat, WPlus, ZBox, ZPlus
 from saliencybench.core.registry import METHODS, MODELS
 
 MEAN = torch.tensor([0.485, 0.456])
 STD = torch.tensor([0.229, 0.224])
+
+
+def input_relevance(conv: nn.Conv2d, x: torch.Tensor, r_out: torch.Tensor, kind: str, lo=None, hi=None):
+    """The first-layer rule named by ``LRPConfig.input_rule``."""
+    rule = {"zplus": ZPlus(), "ones": WPlus(), "flat": Flat(), "zbox": ZBox(lo, hi)}[kind]
+    return rule.relevance(conv, x, r_out)
 
 
 def _conv() -> nn.Conv2d:

@@ -7,11 +7,11 @@ import torch
 from methods_helpers import tiny_resnet
 from torchvision.models import resnet18
 
+from saliencybench.attributions.activations import target_scores
 from saliencybench.attributions.base import compute_attribution
 from saliencybench.attributions.fullgrad import bias_gradients
-from saliencybench.attributions.layer import target_scores
 from saliencybench.attributions.path import completeness_delta
-from saliencybench.attributions.perturbation import rise_masks
+from saliencybench.attributions.rise import rise_masks
 from saliencybench.core.guard import model_guard
 from saliencybench.core.registry import METHODS
 
@@ -139,7 +139,7 @@ def test_center_baseline_peaks_in_the_middle() -> None:
 
 
 def test_completeness_on_the_default_zoo() -> None:
-    # 003/004 use IG with 20 / 50 steps; on the zoo's models the median relative completeness
+    # Rao et al. 2022 / Lee & Chang use IG with 20 / 50 steps; on the zoo's models the median relative completeness
     # error at 50 Gauss-Legendre steps was measured at 1.7e-2 (sb_resnet), 4.1e-3 (sb_vgg) and
     # 1e-7 (sb_nibvgg: no biases, ReLU, so f is positively homogeneous and IG is exact at any
     # step count); 200 steps bring every model under 1%. DeepLIFT (Rescale) is exact.

@@ -8,6 +8,7 @@ from saliencybench.attributions import (  # noqa: F401 - imported for their regi
     fullgrad,
     gradient,
     lrp,
+    occlusion,
     path,
-    perturbation,
+    rise,
 )

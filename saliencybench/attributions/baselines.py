@@ -34,7 +34,7 @@ def center_map(model: nn.Module, x: Tensor, target: Tensor, *, sigma: float = 0.
     return g.expand(x.shape[0], 1, h, w).clone()
 
 
-register_method("random", family="baseline", paper="sanity baseline", needs=(),
+register_method("random", family="baseline", paper="sanity baseline",
                 postprocess=("sum",), stochastic=True, fn=random_map)
-register_method("center", family="baseline", paper="sanity baseline (centre bias)", needs=(),
+register_method("center", family="baseline", paper="sanity baseline (centre bias)",
                 defaults={"sigma": 0.25}, postprocess=("sum",), fn=center_map)

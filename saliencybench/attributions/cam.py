@@ -23,16 +23,16 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencybench.attributions.layer import (
+from saliencybench.attributions.activations import (
     forward_with_activation,
     gradient_at,
     replace_layer_output,
     resolve_cam_layer,
     target_scores,
 )
+from saliencybench.core.outputs import class_probabilities
 from saliencybench.core.registry import register_method
 from saliencybench.core.tensors import fast_layout
-from saliencybench.core.outputs import class_probabilities
 
 
 def _weighted(acts: Tensor, weights: Tensor) -> Tensor:
@@ -194,20 +194,17 @@ def ablationcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | Non
 
 _LAYER = {"layer": None}
 register_method("gradcam", family="cam", paper="Selvaraju et al. 2017; Rao et al. 2022; Jeon et al. 2022",
-                defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=gradcam)
+                defaults=_LAYER, postprocess=("sum",), fn=gradcam)
 register_method("gradcam_pp", family="cam", paper="Chattopadhyay et al. 2018",
-                defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=gradcam_pp)
+                defaults=_LAYER, postprocess=("sum",), fn=gradcam_pp)
 register_method("layercam", family="cam", paper="Jiang et al. 2021; Rao et al. 2022",
-                defaults=_LAYER, postprocess=("sum",), layer_capable=True, fn=layercam)
+                defaults=_LAYER, postprocess=("sum",), fn=layercam)
 register_method("scorecam", family="cam",
                 paper="Wang et al. 2020 (Algorithm 1; github:haofanwang/Score-CAM); Rao et al. 2022",
-                needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
-                layer_capable=True, fn=scorecam)
+                defaults=_LAYER, postprocess=("sum",), fn=scorecam)
 register_method("scorecam_pgc", family="cam",
                 paper="pytorch-grad-cam's ScoreCAM (softmax across channels; a library variant "
                       "of Wang et al. 2020)",
-                needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
-                layer_capable=True, fn=scorecam_pgc)
+                defaults=_LAYER, postprocess=("sum",), fn=scorecam_pgc)
 register_method("ablationcam", family="cam", paper="Desai & Ramaswamy 2020; Rao et al. 2022",
-                needs=("forward", "layer"), defaults=_LAYER, postprocess=("sum",),
-                layer_capable=True, fn=ablationcam)
+                defaults=_LAYER, postprocess=("sum",), fn=ablationcam)

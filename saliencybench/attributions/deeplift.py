@@ -25,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from saliencybench.attributions.activations import target_scores
 from saliencybench.attributions.gradient import NonlinearityOverride
-from saliencybench.attributions.layer import target_scores
 from saliencybench.attributions.path import _baseline_like
 from saliencybench.core.registry import register_method
 

@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from saliencybench.attributions.layer import target_scores
+from saliencybench.attributions.activations import target_scores
 from saliencybench.core.registry import register_method
 
 

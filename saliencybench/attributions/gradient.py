@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.overrides import TorchFunctionMode
 
-from saliencybench.attributions.layer import (
+from saliencybench.attributions.activations import (
     forward_with_activation,
     gradient_at,
     resolve_attribution_layer,
@@ -146,8 +146,7 @@ def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, layer: str |
 
 def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int],
                base: str = "saliency", n_samples: int = 15, noise_level: float = 0.15,
-               internal_batch_size: int = 64, layer: str | None = None,
-               **base_kw: Any) -> Tensor:
+               layer: str | None = None, **base_kw: Any) -> Tensor:
     """SmoothGrad (Smilkov et al. 2017; Rao et al. 2022 supp. G): mean of a gradient method's
     raw maps over ``n_samples`` noisy copies ``x + N(0, sigma^2)`` with
     ``sigma = noise_level * (max(x) - min(x))`` per sample.
@@ -155,13 +154,14 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[i
     ``base`` is any registered method name (its raw output, before post-processing, is
     averaged; its registry defaults apply). Noise is drawn per sample from ``seeds`` so a
     batch equals single calls. Noisy copies are evaluated in chunks of
-    ``internal_batch_size`` images.
+    ``internal_batch_size`` images (a keyword of smoothgrad itself, not passed to ``base``).
 
     Defaults: ``base="saliency"`` (the gradient, as Smilkov et al. 2017 §2), ``n_samples=15``
     (Rao et al. 2022 supp. G, Fig. 26: 15 samples per input), ``noise_level=0.15`` (Smilkov et
     al. 2017 §3.2 recommend 10-20% of the input range), ``internal_batch_size=64`` (no effect
     on values), ``layer=None`` (the input).
     """
+    internal_batch_size = base_kw.pop("internal_batch_size", 64)
     entry = METHODS.get(base)
     kw = dict(entry.meta.get("defaults", {}))
     kw.update(base_kw)
@@ -182,25 +182,25 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[i
 
 
 _RAO = "Rao, Böhle, Schiele 2022 (CVPR), supp. H"
-_LEE = "Lee & Chang, Attribution Mask (004)"
+_LEE = "Lee & Chang, Attribution Mask"
 
 register_method("saliency", family="gradient", paper=f"Simonyan et al. 2014; {_RAO} (absolute value)",
-                postprocess=("abs_sum",), layer_capable=True, fn=gradient,
+                postprocess=("abs_sum",), fn=gradient,
                 description="absolute gradient of the target logit, summed over channels")
 register_method("ixg", family="gradient", paper=f"Shrikumar et al. 2016; {_RAO}",
-                postprocess=("sum",), layer_capable=True, fn=input_x_gradient)
+                postprocess=("sum",), fn=input_x_gradient)
 register_method("s_ixg", family="gradient", paper="Rao, Böhle, Schiele 2022 §5.2 (S-IxG)",
-                postprocess=("sum", "gauss:9"), layer_capable=True, fn=input_x_gradient,
+                postprocess=("sum", "gauss:9"), fn=input_x_gradient,
                 description="IxG smoothed with a Gaussian of kernel K, std K/4 (override "
                             "postprocess=['sum','gauss:K'] for another K)")
 register_method("gxsi", family="gradient", paper=f"{_LEE}, Eq. 13",
-                postprocess=("sum",), layer_capable=True, fn=gradient_x_sign_input)
+                postprocess=("sum",), fn=gradient_x_sign_input)
 register_method("pgxi", family="gradient", paper=_LEE,
-                postprocess=("sum",), layer_capable=True, fn=positive_gradient_x_input)
+                postprocess=("sum",), fn=positive_gradient_x_input)
 register_method("guided_backprop", family="gradient", paper=f"Springenberg et al. 2015; {_RAO}",
-                postprocess=("abs_sum",), layer_capable=True, fn=guided_backprop)
+                postprocess=("abs_sum",), fn=guided_backprop)
 register_method("smoothgrad", family="gradient",
                 paper="Smilkov et al. 2017; Rao, Böhle, Schiele 2022 supp. G (15 samples)",
                 defaults={"base": "saliency", "n_samples": 15, "noise_level": 0.15},
-                postprocess=("abs_sum",), stochastic=True, layer_capable=True, fn=smoothgrad,
+                postprocess=("abs_sum",), stochastic=True, fn=smoothgrad,
                 description="mean raw gradient over noisy copies, then |.| summed over channels")

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from saliencybench.attributions.layer import (
+from saliencybench.attributions.activations import (
     forward_with_activation,
     gradient_at,
     replace_layer_output,
@@ -152,13 +152,11 @@ def guided_integrated_gradients(model: nn.Module, x: Tensor, target: Tensor, *, 
     l1_total = span.abs().sum(1)
     eps = 1e-9
     for step in range(steps):
-        grad_actual, _ = gradient_at(model, cur.view_as(x), target, None)
-        grad_actual = grad_actual.flatten(1)
+        grad_actual = gradient_at(model, cur.view_as(x), target, None)[0].flatten(1)
         grad = grad_actual.clone()
         alpha = (step + 1) / steps
         a_min, a_max = max(alpha - max_dist, 0.0), min(alpha + max_dist, 1.0)
-        x_min = x_base + a_min * span
-        x_max = x_base + a_max * span
+        x_min, x_max = x_base + a_min * span, x_base + a_max * span
         l1_target = l1_total * (1 - alpha)
         active = torch.ones(b, dtype=torch.bool, device=x.device)
         for _ in range(max_inner_iters):
@@ -188,10 +186,10 @@ _RAO = "Rao, Böhle, Schiele 2022 (20 steps); Lee & Chang (50 steps)"
 register_method("integrated_gradients", family="path",
                 paper=f"Sundararajan et al. 2017; {_RAO}",
                 defaults={"steps": 50, "method": "gausslegendre"}, postprocess=("sum",),
-                conservation="completeness", layer_capable=True, fn=integrated_gradients)
+                conservation="completeness", fn=integrated_gradients)
 register_method("s_intgrad", family="path", paper="Rao, Böhle, Schiele 2022 §5.2 (S-IntGrad)",
                 defaults={"steps": 20, "method": "gausslegendre"}, postprocess=("sum", "gauss:9"),
-                layer_capable=True, fn=integrated_gradients,
+                fn=integrated_gradients,
                 description="IntGrad smoothed with a Gaussian of kernel K, std K/4 (override "
                             "postprocess=['sum','gauss:K'] for another K)")
 register_method("guided_ig", family="path",

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import fnmatch
 import importlib.util
+import inspect
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,12 +251,10 @@ def register_method(
     *,
     family: str,
     paper: str = "",
-    needs: tuple[str, ...] = ("gradient",),
     defaults: dict[str, Any] | None = None,
     postprocess: tuple[str, ...] = ("sum",),
     stochastic: bool = False,
     conservation: str | None = None,
-    layer_capable: bool = False,
     description: str = "",
     fn: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -265,7 +264,6 @@ def register_method(
         name: registry name.
         family: gradient / path / cam / perturbation / lrp / baseline / plugin.
         paper: citation of the paper the method (and its defaults) come from.
-        needs: what the method needs from the model ("gradient", "layer", ...).
         defaults: keyword arguments passed to ``fn`` unless a suite overrides them.
         postprocess: steps applied to the raw output, in order (see
             :mod:`saliencybench.attributions.postprocess`), e.g. ``("sum",)``,
@@ -273,30 +271,39 @@ def register_method(
         stochastic: takes randomness from the ``generator`` keyword.
         conservation: "lrp" or "completeness" when the method claims a conservation
             property (the conservation_error metric only scores those).
-        layer_capable: accepts ``layer=<module name>`` for a layer attribution.
         fn: register this function directly instead of decorating (for variants that
             share one implementation).
+
+    The entry's ``layer_capable`` (read by the localization report) is derived from ``fn``:
+    True when it accepts a ``layer`` keyword (a layer attribution, ``layer=<module name>``).
     """
 
     meta = dict(
         family=family,
         paper=paper,
-        needs=tuple(needs),
         defaults=dict(defaults or {}),
         postprocess=tuple(postprocess),
         stochastic=stochastic,
         conservation=conservation,
-        layer_capable=layer_capable,
         description=description,
     )
 
     def wrap(f: Callable[..., Any]) -> Callable[..., Any]:
-        METHODS.add(name, f, **meta, description_doc=(f.__doc__ or "").strip().split("\n")[0])
+        METHODS.add(name, f, **meta, layer_capable=_accepts_layer(f),
+                    description_doc=(f.__doc__ or "").strip().split("\n")[0])
         return f
 
     if fn is not None:
         wrap(fn)
     return wrap
+
+
+def _accepts_layer(fn: Callable[..., Any]) -> bool:
+    """Whether ``fn`` takes a ``layer`` keyword (a method with a layer attribution)."""
+    try:
+        return "layer" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):  # a callable without a signature
+        return False
 
 
 def register_metric(

@@ -1,4 +1,5 @@
-"""Layer plumbing shared by the gradient, CAM and perturbation methods.
+"""Activations and target scores: the layer plumbing shared by the gradient, CAM, occlusion and
+RISE methods.
 
 Layer attribution (Rao et al. 2022, §3 "GridPG at input / middle / final layers"): a method
 asked for ``layer=<name>`` returns its attribution at that layer's activation, (B,1,h,w) or
@@ -96,8 +97,3 @@ def gradient_at(model: nn.Module, x: Tensor, target: Tensor, name: str | None) -
     logits, act = forward_with_activation(model, x, name)
     (grad,) = torch.autograd.grad(target_scores(logits, target).sum(), act)
     return grad.detach(), act.detach()
-
-
-def expand_target(target: Tensor, n: int) -> Tensor:
-    """(B,) -> (B*n,) with each target repeated n times consecutively."""
-    return target.repeat_interleave(n)
