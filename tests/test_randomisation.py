@@ -29,7 +29,7 @@ def edge_method():
     """A method that ignores the model: the gradient magnitude of the input (Sobel)."""
     name = "test_sobel_edges"
 
-    @sb.register_method(name, family="test", needs=(), postprocess=())
+    @sb.register_method(name, family="test", postprocess=())
     def sobel(model, x, target, **kw):
         k = torch.tensor([[1.0, 0.0, -1.0], [2.0, 0.0, -2.0], [1.0, 0.0, -1.0]], device=x.device)
         g = x.mean(1, keepdim=True)
