@@ -1,6 +1,6 @@
 """The benchmark runner: datasets x models x methods x metrics -> results directory.
 
-Data flow (DESIGN.md): for each (dataset, model) the samples are loaded once; for each
+Data flow: for each (dataset, model) the samples are loaded once; for each
 method the attributions are computed in batches **once** into the attribution cache; for each
 group of metrics that can share forward passes the metrics are evaluated from the cached maps;
 per-chunk result parts are written atomically, so an interrupted run resumes where it stopped

@@ -66,8 +66,8 @@ examples:
 examples:
   saliencybench train sb_resnet                       # default zoo, embedded data, CPU minutes
   saliencybench train sb_vgg --epochs 8 --seed 0
-  saliencybench train nib_vgg_cifar10 --arch nib_vgg16 --root ~/data/cifar --device cuda   # 004 recipe
-  saliencybench train resnet50_cub --root ~/data/CUB_200_2011 --device cuda                # 000 Table A
+  saliencybench train nib_vgg_cifar10 --arch nib_vgg16 --root ~/data/cifar --device cuda   # Lee & Chang (MIA) recipe
+  saliencybench train resnet50_cub --root ~/data/CUB_200_2011 --device cuda  # Otsuki et al. 2024 supp. Tab. A
 """,
 }
 
