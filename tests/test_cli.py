@@ -145,13 +145,21 @@ def _not_results(d):
     return "scores.csv", 1
 
 
+def _too_many_fields(d):
+    lines = (d / "scores.csv").read_text().splitlines(keepends=True)
+    lines[4] = lines[4].rstrip("\n") + ",extra\n"
+    (d / "scores.csv").write_text("".join(lines))
+    return "scores.csv", 5
+
+
 def _bad_manifest(d):
     (d / "run.json").write_text('{"suite": "toy",\n "seed": }\n')
     return "run.json", 2
 
 
 DAMAGE = {"cut_mid_line": _cut_mid_line, "missing_column": _missing_column, "wrong_type": _wrong_type,
-          "fewer_samples": _fewer_samples, "not_results": _not_results, "bad_run_json": _bad_manifest}
+          "fewer_samples": _fewer_samples, "not_results": _not_results, "too_many_fields": _too_many_fields,
+          "bad_run_json": _bad_manifest}
 
 
 def _commands(bad, good, tmp):

@@ -22,6 +22,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import re
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
@@ -110,7 +111,7 @@ def read_curves(results_dir: Path | str) -> pd.DataFrame:
 def parse_scores(data: bytes, path: Path | str) -> pd.DataFrame:
     """Validated long-format scores from the bytes of a ``scores.csv`` (``path`` for messages)."""
     df = _parse(data, path, SCORE_COLUMNS, _SCORE_READ)
-    _check_numeric(df, path, "value", data)
+    _check_numeric(df, path, "value")
     return df
 
 
@@ -118,12 +119,12 @@ def parse_curves(data: bytes, path: Path | str) -> pd.DataFrame:
     """Validated long-format curves from the bytes of a curves CSV (``path`` for messages)."""
     df = _parse(data, path, CURVE_COLUMNS, _CURVE_READ)
     for col in ("x", "value"):
-        _check_numeric(df, path, col, data)
+        _check_numeric(df, path, col)
     if len(df) and not pd.api.types.is_integer_dtype(df["step"]):
         step = pd.to_numeric(df["step"], errors="coerce")
         bad = (step.isna() | (step != step.round())).to_numpy()
         row = int(np.flatnonzero(bad)[0]) if bad.any() else 0
-        raise ResultsError(f"{path}:{_line(data, row)}: column 'step' must hold integers, got {df['step'].iloc[row]!r}")
+        raise ResultsError(f"{path}:{_line(row)}: column 'step' must hold integers, got {df['step'].iloc[row]!r}")
     return df
 
 
@@ -154,7 +155,7 @@ def _gunzip(data: bytes, path: Path) -> bytes:
         raise ResultsError(f"{path}:{line}: damaged gzip file (cut short or not gzip)") from None
 
 
-def _line(data: bytes, row: int) -> int:
+def _line(row: int) -> int:
     """1-based line of data row ``row`` (the header is line 1)."""
     return row + 2
 
@@ -177,7 +178,9 @@ def _parse(data: bytes, path: Path | str, columns: list[str], read_kw: dict[str,
     try:
         df = pd.read_csv(io.BytesIO(data), **read_kw)
     except (pd.errors.ParserError, ValueError) as e:
-        raise ResultsError(f"{path}: {str(e).strip().splitlines()[0]}") from None
+        msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        found = re.search(r"line (\d+)", msg)
+        raise ResultsError(f"{path}:{found.group(1) if found else 1}: not a valid results CSV ({msg})") from None
     required = _TEXT_COLUMNS + (["status"] if "status" in columns else ["step", "x"])
     short = df[required].isna().any(axis=1)
     for col in required:
@@ -185,15 +188,15 @@ def _parse(data: bytes, path: Path | str, columns: list[str], read_kw: dict[str,
             short |= df[col] == ""
     if short.any():
         row = int(np.flatnonzero(short.to_numpy())[0])
-        raise ResultsError(f"{path}:{_line(data, row)}: row has too few fields (expected {len(columns)}: "
+        raise ResultsError(f"{path}:{_line(row)}: row has too few fields (expected {len(columns)}: "
                            f"{','.join(columns)})")
     return df
 
 
-def _check_numeric(df: pd.DataFrame, path: Path | str, col: str, data: bytes) -> None:
+def _check_numeric(df: pd.DataFrame, path: Path | str, col: str) -> None:
     if not len(df) or pd.api.types.is_float_dtype(df[col]) or pd.api.types.is_integer_dtype(df[col]):
         return
     conv = pd.to_numeric(df[col], errors="coerce")
     bad = conv.isna() & df[col].notna()
     row = int(np.flatnonzero(bad.to_numpy())[0]) if bad.any() else 0
-    raise ResultsError(f"{path}:{_line(data, row)}: column '{col}' must hold numbers, got {df[col].iloc[row]!r}")
+    raise ResultsError(f"{path}:{_line(row)}: column '{col}' must hold numbers, got {df[col].iloc[row]!r}")
