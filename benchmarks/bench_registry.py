@@ -77,11 +77,14 @@ def test_metric_family_speed(benchmark, family):
     mask = torch.zeros(B, 1, 64, 64, device=DEVICE)
     mask[..., 16:48, 16:48] = 1
 
+    def attribute(xx, tt, reduce=True, **kw):
+        return compute_attribution(entry, model, xx, tt, reduce=reduce)
+
     def run():
         ctx = EvalContext(model=model, batch=Batch(x, y, [str(i) for i in range(B)], mask), target=y,
                           normalization=IDENTITY_NORMALIZATION, num_classes=8, method=method,
                           method_meta={**entry.meta, "params": entry.meta["defaults"], "name": method},
-                          attribute=lambda xx, tt, reduce=True, **kw: compute_attribution(entry, model, xx, tt, reduce=reduce))
+                          attribute=attribute)
         groups = {}
         for m in metrics:
             if m.applies_to(ctx.method_meta):

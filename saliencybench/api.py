@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import tempfile
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ from saliencybench.core.registry import METHODS, METRICS, Entry, RegistryError, 
 from saliencybench.core.tensors import as_map_batch
 from saliencybench.core.types import IDENTITY_NORMALIZATION, Normalization, SampleSet
 
-__all__ = ["evaluate", "leaderboard"]
+__all__ = ["evaluate", "leaderboard", "EvaluateOptions"]
 
 def _precomputed_fn(model, x, target, **kw):  # pragma: no cover - never reached by the runner
     raise PrecomputedAttributionError(
@@ -161,6 +162,71 @@ def _check_inputs(x: Tensor, targets: Any, masks: Tensor | None, sample_ids: Seq
     return x.detach().cpu(), y, masks
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """The keyword options of :func:`evaluate` besides ``methods``, ``metrics`` and ``attributions``.
+
+    - ``masks``: (N,H,W) or (N,1,H,W) object masks for the localization metrics.
+    - ``normalization``: how ``inputs`` were normalised, a :class:`Normalization`, ``(mean, std)``
+      or ``"imagenet"``; the perturbation substrates (black pixels, ...) are built in pixel space
+      through it. Default: the SampleSet's own, else identity (inputs are pixels).
+    - ``sample_ids``: one name per input (default ``000000``, ``000001``, ...).
+    - ``device``: where to run (default: the model's device); ``"auto"`` picks CUDA when present.
+    - ``batch_size``: images per attribution batch (metric forwards use up to 8x as many).
+    - ``target``: ``"label"`` explains ``targets``; ``"predicted"`` explains the model's
+      prediction, as the suite option of the same name.
+    - ``seed``: seed of the stochastic methods (per-sample seeds, independent of batching).
+    - ``return_curves``: also return the long-format curves (one row per (..., sample_id, step)
+      with abscissa ``x`` and ``value``) as ``(scores, curves)``.
+    - ``out``: keep the results directory (``scores.csv``, ``curves.csv.gz``, ``run.json``,
+      attribution ``cache/``) there; it must be new or empty. Default: a temporary directory,
+      removed before returning.
+    - ``progress``: show a progress bar (and tracebacks of method errors) on stderr.
+    - ``model_name``, ``dataset_name``, ``suite_name``: the ``model`` / ``dataset`` / ``suite`` columns.
+    """
+
+    masks: Tensor | None = None
+    normalization: Normalization | tuple | str | None = None
+    sample_ids: Sequence[str] | None = None
+    device: str | torch.device | None = None
+    batch_size: int = 32
+    target: str = "label"
+    seed: int = 0
+    return_curves: bool = False
+    out: str | Path | None = None
+    progress: bool = False
+    model_name: str = "model"
+    dataset_name: str | None = None
+    suite_name: str = "evaluate"
+
+    @classmethod
+    def of(cls, options: Mapping[str, Any]) -> EvaluateOptions:
+        unknown = sorted(set(options) - {f.name for f in fields(cls)})
+        if unknown:
+            raise TypeError(f"evaluate() got unexpected keyword argument(s) {unknown}")
+        return cls(**options)
+
+    def validate(self) -> EvaluateOptions:
+        if not isinstance(self.batch_size, int) or self.batch_size < 1:
+            raise ValueError(f"batch_size must be a positive integer, got {self.batch_size!r}")
+        if self.target not in ("label", "predicted"):
+            raise ValueError(f"target must be 'label' or 'predicted', got {self.target!r}")
+        return self
+
+
+@dataclass
+class _Inputs:
+    """The samples of one :func:`evaluate` call: a SampleSet, or tensors until the number of
+    classes is known (:func:`_sample_set`)."""
+
+    samples: SampleSet | None
+    x: Tensor | None
+    y: Tensor | None
+    masks: Tensor | None
+    name: str
+    normalization: Normalization | None
+
+
 def evaluate(
     model: nn.Module,
     inputs: Tensor | SampleSet | Iterable,
@@ -169,125 +235,90 @@ def evaluate(
     methods: Any = (),
     metrics: Any = ("insertion", "deletion", "id_score"),
     attributions: Mapping[str, Tensor] | None = None,
-    masks: Tensor | None = None,
-    normalization: Normalization | tuple | str | None = None,
-    sample_ids: Sequence[str] | None = None,
-    device: str | torch.device | None = None,
-    batch_size: int = 32,
-    target: str = "label",
-    seed: int = 0,
-    return_curves: bool = False,
-    out: str | Path | None = None,
-    progress: bool = False,
-    model_name: str = "model",
-    dataset_name: str | None = None,
-    suite_name: str = "evaluate",
+    **options: Any,
 ) -> pd.DataFrame | tuple[pd.DataFrame, pd.DataFrame]:
     """Score attribution methods on an in-memory model and samples; return ``scores.csv``.
 
-    Runs one suite (this dataset x this model x ``methods`` x ``metrics``) through the
-    benchmark runner, exactly as ``saliencybench run`` would, and returns its long-format
-    scores: one row per (suite, dataset, model, method, metric, sample_id) with ``value`` and
-    ``status`` (``ok``, or why the sample was rejected). ``saliencybench.leaderboard(scores)``
-    renders the markdown table.
+    Runs one suite (this dataset x this model x ``methods`` x ``metrics``) through the benchmark
+    runner, exactly as ``saliencybench run`` would, and returns its long-format scores: one row per
+    (suite, dataset, model, method, metric, sample_id) with ``value`` and ``status`` (``ok``, or why
+    the sample was rejected). ``saliencybench.leaderboard(scores)`` renders the markdown table.
 
     Args:
-        model: any classifier ``nn.Module`` returning (N, classes) logits. It is left as it
-            was: it runs in eval mode and its train/eval flags are restored afterwards; on
-            another ``device`` a copy is moved there, never the model itself. Layer methods
-            (CAMs) use ``model.sb_layers["cam"]`` when set, else a ``layer4`` / ``features``
-            module; otherwise pass the layer, e.g. ``{"gradcam": {"layer": "features.3"}}``
-            (without one their rows carry ``status`` ``method_error: ... no layer 'cam'``).
-        inputs: (N,C,H,W) tensor (or numpy array) of model inputs (as the model sees them,
-            cast to the model's dtype), a
-            :class:`SampleSet` (``saliencybench.load_dataset(...)``: targets, masks,
-            normalization and sample ids come with it), or an iterable such as a torch
-            ``DataLoader`` yielding ``x``, ``(x, y)``, ``(x, y, mask)`` or dicts with keys
-            ``x`` / ``y`` / ``mask`` (concatenated in memory).
-        targets: (N,) class indices, the label scored (and explained, with ``target="label"``);
-            with ``target="predicted"`` they may be omitted (the predictions are used).
-        methods: registered method names or wildcards (``"lrp*"``), as a list, a comma string
-            or a dict; an entry may carry parameters, ``{"name": {params}}``, and
-            ``{"alias": {"base": "gradcam", "layer": "layer2"}}`` runs ``gradcam`` under the name
-            ``alias``, like ``[methods.alias] base = "gradcam"`` in a suite TOML.
-        metrics: registered metric names, with parameters and aliases as for ``methods``.
-        attributions: maps computed elsewhere (tensors or numpy arrays),
-            ``{"name": (N,H,W) | (N,1,H,W) | (N,C,H,W)}``
-            (Quantus' ``a_batch``), scored and ranked alongside ``methods``. Channels are summed
-            and smaller maps upsampled bilinearly, as for a registered method; non-finite maps
-            get the ``nonfinite_attribution`` status. Metrics that re-run the method on other
-            inputs (``mia``, ``conservation_error``) give no rows for them.
-        masks: (N,H,W) or (N,1,H,W) object masks for the localization metrics.
-        normalization: how ``inputs`` were normalised, a :class:`Normalization`, ``(mean, std)``
-            or ``"imagenet"``; the perturbation substrates (black pixels, ...) are built in pixel
-            space through it. Default: the SampleSet's own, else identity (inputs are pixels).
-        sample_ids: one name per input (default ``000000``, ``000001``, ...).
-        device: where to run (default: the model's device); ``"auto"`` picks CUDA when present.
-        batch_size: images per attribution batch (metric forwards use up to 8x as many).
-        target: ``"label"`` explains ``targets``; ``"predicted"`` explains the model's
-            prediction, as the suite option of the same name.
-        seed: seed of the stochastic methods (per-sample seeds, independent of batching).
-        return_curves: also return the long-format curves (``curves.csv``: one row per
-            (..., sample_id, step) with abscissa ``x`` and ``value``) as ``(scores, curves)``.
-        out: keep the results directory (``scores.csv``, ``curves.csv``, ``run.json``,
-            attribution ``cache/``) there; it must be new or empty. Default: a temporary
-            directory, removed before returning.
-        progress: show a progress bar (and tracebacks of method errors) on stderr.
-        model_name, dataset_name, suite_name: the ``model`` / ``dataset`` / ``suite`` columns.
+        model: a classifier returning (N, classes) logits, left as it was (eval mode during the
+            run, train/eval flags restored; on another ``device`` a copy moves there). Layer
+            methods (CAMs) use ``model.sb_layers["cam"]``, else a ``layer4`` / ``features``
+            module, else the ``layer`` parameter, e.g. ``{"gradcam": {"layer": "features.3"}}``.
+        inputs: (N,C,H,W) tensor or numpy array as the model sees them, a :class:`SampleSet`
+            (targets, masks, normalization and ids come with it), or an iterable such as a
+            ``DataLoader`` yielding ``x``, ``(x, y)``, ``(x, y, mask)`` or dicts with those keys.
+        targets: (N,) class indices, scored and explained; optional with ``target="predicted"``.
+        methods: method names or wildcards (``"lrp*"``) as a list, comma string or dict; an entry
+            may carry parameters, ``{"name": {params}}``, and ``{"alias": {"base": "gradcam", ...}}``
+            runs ``gradcam`` under the name ``alias``, as ``[methods.alias]`` in a suite TOML.
+        metrics: metric names, with parameters and aliases as for ``methods``.
+        attributions: maps computed elsewhere, ``{"name": (N,H,W) | (N,1,H,W) | (N,C,H,W)}``
+            (Quantus' ``a_batch``), ranked alongside ``methods``: channels summed, upsampled
+            bilinearly, non-finite maps get ``nonfinite_attribution``; metrics that re-run the
+            method (``mia``, ``conservation_error``) give no rows for them.
+        **options: the fields of :class:`EvaluateOptions` (``masks``, ``normalization``,
+            ``sample_ids``, ``device``, ``batch_size``, ``target``, ``seed``, ``return_curves``,
+            ``out``, ``progress``, ``model_name``, ``dataset_name``, ``suite_name``).
 
-    Returns:
-        The scores DataFrame (columns ``suite, dataset, model, method, metric, sample_id,
-        value, status``), or ``(scores, curves)`` with ``return_curves=True``. The run
-        manifest (``run.json``: forward passes, timings, failures, methods that do not apply
-        to the model) is in ``scores.attrs["manifest"]``.
-
-    Raises:
-        saliencybench.core.registry.UnknownNameError: an unknown method or metric name
-            (with a "did you mean" suggestion).
-        ValueError / TypeError: inputs, targets, masks or attributions of the wrong shape or type.
+    Returns the scores DataFrame, or ``(scores, curves)`` with ``return_curves=True``; the run
+    manifest (``run.json``) is in ``scores.attrs["manifest"]``. Raises ``UnknownNameError`` for an
+    unknown method or metric (with a suggestion), ValueError / TypeError for arguments of the
+    wrong shape or type.
     """
-    from saliencybench.benchmark.config import SuiteConfig
-    from saliencybench.benchmark.runner import Runner, predicted_classes
-    from saliencybench.benchmark.store import read_curves, read_scores
-
     populate()
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch nn.Module, got {type(model).__name__}")
-    if not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive integer, got {batch_size!r}")
-    if target not in ("label", "predicted"):
-        raise ValueError(f"target must be 'label' or 'predicted', got {target!r}")
+    opts = EvaluateOptions.of(options).validate()
+    got = _inputs(inputs, targets, opts)
+    dev = _run_device(model, opts.device)
+    run_model = model if _model_device(model) == dev else copy.deepcopy(model).to(dev)
+    training = {name: m.training for name, m in run_model.named_modules()}
+    run_model.eval()
+    try:
+        samples = _sample_set(run_model, got, opts, dev)
+        scores, curves = _run(run_model, samples, (methods, metrics, attributions), opts, dev)
+    finally:
+        for name, m in run_model.named_modules():
+            if name in training:
+                m.training = training[name]
+    return (scores, curves) if opts.return_curves else scores
 
-    # -- samples -----------------------------------------------------------------------------
-    norm = _as_normalization(normalization)
+
+def _inputs(inputs: Any, targets: Any, opts: EvaluateOptions) -> _Inputs:
+    """``inputs`` (SampleSet, tensor, numpy array or DataLoader) with targets and masks, checked."""
+    norm = _as_normalization(opts.normalization)
     if isinstance(inputs, SampleSet):
-        if targets is not None or masks is not None or sample_ids is not None:
+        if targets is not None or opts.masks is not None or opts.sample_ids is not None:
             raise ValueError("a SampleSet carries its own targets, masks and sample ids; "
                              "pass inputs=samples.x, targets=samples.y, ... to change them")
         samples = inputs.subset(range(len(inputs)))
         samples.normalization = norm or inputs.normalization
-        ds_name = dataset_name or inputs.name or "data"
-    else:
-        if isinstance(inputs, np.ndarray):  # Quantus users' x_batch
-            inputs = torch.from_numpy(inputs)
-        if not isinstance(inputs, Tensor):
-            if not hasattr(inputs, "__iter__"):
-                raise TypeError(f"inputs must be a tensor (N,C,H,W), a SampleSet or a DataLoader; "
-                                f"got {type(inputs).__name__}")
-            x, y_loader, m_loader = _from_loader(inputs)
-            if y_loader is not None and targets is not None:
-                raise ValueError("the DataLoader yields targets; do not pass targets= as well")
-            if m_loader is not None and masks is not None:
-                raise ValueError("the DataLoader yields masks; do not pass masks= as well")
-            targets = y_loader if y_loader is not None else targets
-            masks = m_loader if m_loader is not None else masks
-        else:
-            x = inputs
-        x, y, masks = _check_inputs(x, targets, masks, sample_ids, predicted=target == "predicted")
-        samples = None  # built below, once the number of classes is known
-        ds_name = dataset_name or "data"
+        return _Inputs(samples, None, None, None, opts.dataset_name or inputs.name or "data", norm)
+    masks = opts.masks
+    if isinstance(inputs, np.ndarray):  # Quantus users' x_batch
+        inputs = torch.from_numpy(inputs)
+    if not isinstance(inputs, Tensor):
+        if not hasattr(inputs, "__iter__"):
+            raise TypeError(f"inputs must be a tensor (N,C,H,W), a SampleSet or a DataLoader; "
+                            f"got {type(inputs).__name__}")
+        inputs, y_loader, m_loader = _from_loader(inputs)
+        if y_loader is not None and targets is not None:
+            raise ValueError("the DataLoader yields targets; do not pass targets= as well")
+        if m_loader is not None and masks is not None:
+            raise ValueError("the DataLoader yields masks; do not pass masks= as well")
+        targets = y_loader if y_loader is not None else targets
+        masks = m_loader if m_loader is not None else masks
+    x, y, masks = _check_inputs(inputs, targets, masks, opts.sample_ids, predicted=opts.target == "predicted")
+    return _Inputs(None, x, y, masks, opts.dataset_name or "data", norm)
 
-    # -- model: on the device, eval mode; restored afterwards --------------------------------
+
+def _run_device(model: nn.Module, device: str | torch.device | None) -> torch.device:
+    """Where :func:`evaluate` runs: ``device``, else the model's (CUDA with an explicit index)."""
     dev = torch.device(device) if isinstance(device, torch.device) else None
     if dev is None:
         if device is None:
@@ -298,85 +329,105 @@ def evaluate(
             dev = resolve_device(str(device))
     if dev.type == "cuda" and dev.index is None:
         dev = torch.device("cuda", torch.cuda.current_device())
-    run_model = model if _model_device(model) == dev else copy.deepcopy(model).to(dev)
-    training = {name: m.training for name, m in run_model.named_modules()}
-    run_model.eval()
-    try:
-        dtype = next((p.dtype for p in run_model.parameters() if p.is_floating_point()), None)
-        if dtype is not None and samples is None and x.dtype != dtype:
-            x = x.to(dtype)  # e.g. float64 numpy arrays for a float32 model
-        probe = samples.get([0]).x if samples is not None else x[:1]
-        with torch.no_grad():
-            try:
-                logits = run_model(probe.to(dev))
-            except Exception as e:
-                raise ValueError(f"the model cannot run on inputs of shape {tuple(probe.shape[1:])} "
-                                 f"per sample: {type(e).__name__}: {e}") from e
-        if not isinstance(logits, Tensor) or logits.ndim != 2:
-            raise ValueError("the model must return (N, classes) logits, got "
-                             + (f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__))
-        num_classes = int(logits.shape[1])
-        if samples is None:
-            if y is None:  # target="predicted" without labels
-                y = predicted_classes(run_model, x, batch_size, dev).cpu()
-            if int(y.min()) < 0 or int(y.max()) >= num_classes:
-                raise ValueError(f"targets must lie in [0, {num_classes}) for a model with {num_classes} "
-                                 f"outputs; got {int(y.min())}..{int(y.max())}")
-            samples = SampleSet(x, y, normalization=norm or IDENTITY_NORMALIZATION, num_classes=num_classes,
-                                sample_ids=None if sample_ids is None else [str(s) for s in sample_ids],
-                                mask=masks, name=ds_name, info={"source": "saliencybench.evaluate"})
-        if len(samples.normalization.mean) != samples.x.shape[1]:
-            if samples.normalization is IDENTITY_NORMALIZATION:
-                c = int(samples.x.shape[1])
-                samples.normalization = Normalization((0.0,) * c, (1.0,) * c)
-            else:
-                raise ValueError(f"normalization has {len(samples.normalization.mean)} channels, "
-                                 f"the inputs {samples.x.shape[1]}")
-        samples.name = ds_name
+    return dev
 
-        # -- suite -------------------------------------------------------------------------
-        method_names, method_params = _parse_specs(methods, "method")
-        metric_names, metric_params = _parse_specs(metrics, "metric")
-        extra: dict[str, Entry] = {}
-        pre = dict(attributions or {})
+
+def _num_classes(run_model: nn.Module, probe: Tensor, dev: torch.device) -> int:
+    """The number of classes of the model's (N, classes) logits on one sample."""
+    with torch.no_grad():
+        try:
+            logits = run_model(probe.to(dev))
+        except Exception as e:
+            raise ValueError(f"the model cannot run on inputs of shape {tuple(probe.shape[1:])} "
+                             f"per sample: {type(e).__name__}: {e}") from e
+    if not isinstance(logits, Tensor) or logits.ndim != 2:
+        raise ValueError("the model must return (N, classes) logits, got "
+                         + (f"shape {tuple(logits.shape)}" if isinstance(logits, Tensor) else type(logits).__name__))
+    return int(logits.shape[1])
+
+
+def _sample_set(run_model: nn.Module, got: _Inputs, opts: EvaluateOptions, dev: torch.device) -> SampleSet:
+    """The :class:`SampleSet` the runner scores (built from tensors once the classes are known)."""
+    from saliencybench.benchmark.runner import predicted_classes
+
+    samples, x, y = got.samples, got.x, got.y
+    dtype = next((p.dtype for p in run_model.parameters() if p.is_floating_point()), None)
+    if dtype is not None and samples is None and x.dtype != dtype:
+        x = x.to(dtype)  # e.g. float64 numpy arrays for a float32 model
+    num_classes = _num_classes(run_model, samples.get([0]).x if samples is not None else x[:1], dev)
+    if samples is None:
+        if y is None:  # target="predicted" without labels
+            y = predicted_classes(run_model, x, opts.batch_size, dev).cpu()
+        if int(y.min()) < 0 or int(y.max()) >= num_classes:
+            raise ValueError(f"targets must lie in [0, {num_classes}) for a model with {num_classes} "
+                             f"outputs; got {int(y.min())}..{int(y.max())}")
+        ids = None if opts.sample_ids is None else [str(s) for s in opts.sample_ids]
+        samples = SampleSet(x, y, normalization=got.normalization or IDENTITY_NORMALIZATION,
+                            num_classes=num_classes, sample_ids=ids, mask=got.masks, name=got.name,
+                            info={"source": "saliencybench.evaluate"})
+    if len(samples.normalization.mean) != samples.x.shape[1]:
+        if samples.normalization is IDENTITY_NORMALIZATION:
+            c = int(samples.x.shape[1])
+            samples.normalization = Normalization((0.0,) * c, (1.0,) * c)
+        else:
+            raise ValueError(f"normalization has {len(samples.normalization.mean)} channels, "
+                             f"the inputs {samples.x.shape[1]}")
+    samples.name = got.name
+    return samples
+
+
+def _precomputed(attributions: Mapping[str, Any] | None, method_names: list[str],
+                 n: int) -> tuple[dict[str, Tensor], dict[str, Entry]]:
+    """The checked precomputed maps (as tensors) and their method entries."""
+    extra: dict[str, Entry] = {}
+    pre = dict(attributions or {})
+    for name, maps in pre.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"attributions keys must be method names, got {name!r}")
+        if name in METHODS or name in method_names:
+            raise ValueError(f"attributions name '{name}' is also a method name; pick another name")
+        if isinstance(maps, np.ndarray):  # Quantus users' a_batch
+            maps = pre[name] = torch.from_numpy(maps)
+        if not isinstance(maps, Tensor):
+            raise TypeError(f"attributions['{name}'] must be a tensor, got {type(maps).__name__}")
+        if maps.ndim not in (3, 4) or maps.shape[0] != n:
+            raise ValueError(f"attributions['{name}'] has shape {tuple(maps.shape)}; expected "
+                             f"({n}, H, W), ({n}, 1, H, W) or ({n}, C, H, W)")
+        extra[name] = precomputed_entry(name)
+    return pre, extra
+
+
+def _run(run_model: nn.Module, samples: SampleSet, what: tuple[Any, Any, Any], opts: EvaluateOptions,
+         dev: torch.device) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Run the suite of ``what`` = (methods, metrics, attributions); its scores and curves."""
+    from saliencybench.benchmark.config import SuiteConfig
+    from saliencybench.benchmark.results import read_curves, read_scores
+    from saliencybench.benchmark.runner import Runner
+
+    methods, metrics, attributions = what
+    method_names, method_params = _parse_specs(methods, "method")
+    metric_names, metric_params = _parse_specs(metrics, "metric")
+    pre, extra = _precomputed(attributions, method_names, len(samples))
+    if not method_names and not extra:
+        raise ValueError("nothing to score: give methods=[...] and/or attributions={name: maps}")
+    if not metric_names:
+        raise ValueError("no metrics given")
+    cfg = SuiteConfig(
+        name=opts.suite_name, datasets=[samples.name], models=[opts.model_name],
+        methods=method_names + list(extra), metrics=metric_names, n_samples=None,
+        batch_size=opts.batch_size, seed=opts.seed, device=str(dev), target=opts.target, figures=False,
+        method_params=method_params, metric_params=metric_params, source="saliencybench.evaluate",
+    )
+    with _results_dir(opts.out) as out_dir:
+        runner = Runner(cfg, out_dir, device=str(dev), progress=opts.progress, figures=False,
+                        models={opts.model_name: run_model}, samples={samples.name: samples}, extra_methods=extra)
         for name, maps in pre.items():
-            if not isinstance(name, str) or not name:
-                raise TypeError(f"attributions keys must be method names, got {name!r}")
-            if name in METHODS or name in method_names:
-                raise ValueError(f"attributions name '{name}' is also a method name; pick another name")
-            if isinstance(maps, np.ndarray):  # Quantus users' a_batch
-                maps = pre[name] = torch.from_numpy(maps)
-            if not isinstance(maps, Tensor):
-                raise TypeError(f"attributions['{name}'] must be a tensor, got {type(maps).__name__}")
-            if maps.ndim not in (3, 4) or maps.shape[0] != len(samples):
-                raise ValueError(f"attributions['{name}'] has shape {tuple(maps.shape)}; expected "
-                                 f"({len(samples)}, H, W), ({len(samples)}, 1, H, W) or ({len(samples)}, C, H, W)")
-            extra[name] = precomputed_entry(name)
-        if not method_names and not extra:
-            raise ValueError("nothing to score: give methods=[...] and/or attributions={name: maps}")
-        if not metric_names:
-            raise ValueError("no metrics given")
-        cfg = SuiteConfig(
-            name=suite_name, datasets=[ds_name], models=[model_name],
-            methods=method_names + list(extra), metrics=metric_names, n_samples=None,
-            batch_size=batch_size, seed=seed, device=str(dev), target=target, figures=False,
-            method_params=method_params, metric_params=metric_params,
-            source="saliencybench.evaluate",
-        )
-        with _results_dir(out) as out_dir:
-            runner = Runner(cfg, out_dir, device=str(dev), progress=progress, figures=False,
-                            models={model_name: run_model}, samples={ds_name: samples}, extra_methods=extra)
-            for name, maps in pre.items():
-                runner.provide_attributions(ds_name, model_name, name, maps)
-            manifest = runner.run()
-            scores = read_scores(out_dir)
-            curves = read_curves(out_dir) if return_curves else None
-    finally:
-        for name, m in run_model.named_modules():
-            if name in training:
-                m.training = training[name]
+            runner.provide_attributions(samples.name, opts.model_name, name, maps)
+        manifest = runner.run()
+        scores = read_scores(out_dir)
+        curves = read_curves(out_dir) if opts.return_curves else None
     scores.attrs["manifest"] = manifest
-    return (scores, curves) if return_curves else scores
+    return scores, curves
 
 
 class _results_dir:
@@ -416,7 +467,7 @@ def leaderboard(scores: pd.DataFrame, *, higher_is_better: Mapping[str, bool] | 
         plan_note,
         tables_from_scores,
     )
-    from saliencybench.benchmark.store import SCORE_COLUMNS
+    from saliencybench.benchmark.results import SCORE_COLUMNS
 
     if not isinstance(scores, pd.DataFrame):
         raise TypeError(f"leaderboard() takes a scores DataFrame, got {type(scores).__name__}")

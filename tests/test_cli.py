@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from _toy import TOY_TOML, register_all
 
@@ -94,3 +96,144 @@ def test_plugin_method_appears_in_leaderboard(toy_config, tmp_path):
 def test_help_has_examples():
     r = run_cli("run", "--help")
     assert r.returncode == 0 and "examples:" in r.stdout and "saliencybench run --methods" in r.stdout
+
+
+# -- damaged results: every command that reads results exits 2 with one line naming file:line ---
+
+@pytest.fixture(scope="module")
+def toy_results(tmp_path_factory):
+    """A finished toy run (12 samples) and two shard runs of the same suite (chunks of 4)."""
+    root = tmp_path_factory.mktemp("results")
+    cfg = root / "toy.toml"
+    cfg.write_text(TOY_TOML)
+    assert main(["run", "--config", str(cfg), "--out", str(root / "good"), "--no-progress"]) == 0
+    for k in range(2):
+        assert main(["run", "--config", str(cfg), "--out", str(root / f"shard{k}"), "--shard", f"{k}/2",
+                     "--no-progress"]) == 0
+    return root
+
+
+def _cut_mid_line(d):
+    data = (d / "scores.csv").read_bytes()
+    (d / "scores.csv").write_bytes(data[: len(data) - 7])  # an interrupted copy
+    return "scores.csv", data.count(b"\n")
+
+
+def _missing_column(d):
+    df = pd.read_csv(d / "scores.csv", dtype=str, keep_default_na=False)
+    (d / "scores.csv").write_text(df.drop(columns="metric").to_csv(index=False))
+    return "scores.csv", 1
+
+
+def _wrong_type(d):
+    lines = (d / "scores.csv").read_text().splitlines(keepends=True)
+    cells = lines[3].split(",")
+    cells[6] = "lots"
+    lines[3] = ",".join(cells)
+    (d / "scores.csv").write_text("".join(lines))
+    return "scores.csv", 4
+
+
+def _fewer_samples(d):
+    lines = (d / "scores.csv").read_text().splitlines(keepends=True)
+    (d / "scores.csv").write_text("".join(lines[:2] + lines[3:]))  # one sample of the first cell lost
+    return "scores.csv", 2
+
+
+def _not_results(d):
+    (d / "scores.csv").write_text("name,score\nfoo,1\n")
+    return "scores.csv", 1
+
+
+def _too_many_fields(d):
+    lines = (d / "scores.csv").read_text().splitlines(keepends=True)
+    lines[4] = lines[4].rstrip("\n") + ",extra\n"
+    (d / "scores.csv").write_text("".join(lines))
+    return "scores.csv", 5
+
+
+def _bad_manifest(d):
+    (d / "run.json").write_text('{"suite": "toy",\n "seed": }\n')
+    return "run.json", 2
+
+
+DAMAGE = {"cut_mid_line": _cut_mid_line, "missing_column": _missing_column, "wrong_type": _wrong_type,
+          "fewer_samples": _fewer_samples, "not_results": _not_results, "too_many_fields": _too_many_fields,
+          "bad_run_json": _bad_manifest}
+
+
+def _commands(bad, good, tmp):
+    return {
+        "leaderboard": ["leaderboard", str(bad)],
+        "check-regression new": ["check-regression", str(bad), "--baseline", str(good)],
+        "check-regression baseline": ["check-regression", str(good), "--baseline", str(bad)],
+        "accept": ["accept", str(bad), "--baseline", str(tmp / "accepted"), "--leaderboard", str(tmp / "lb.md")],
+        "compare": ["compare", "--plugin", PLUGIN, "--methods", "toy_gxi", "--suite", str(bad.parent / "toy.toml"),
+                    "--baseline", str(bad), "--out", str(tmp / "cmp"), "--no-progress"],
+    }
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+@pytest.mark.parametrize("command", ["leaderboard", "check-regression new", "check-regression baseline",
+                                     "accept", "compare"])
+def test_damaged_results_exit_2_naming_file_and_line(toy_results, tmp_path, capsys, damage, command):
+    bad = toy_results / f"bad-{damage}-{command.replace(' ', '-')}"
+    shutil.copytree(toy_results / "good", bad)
+    name, line = DAMAGE[damage](bad)
+    capsys.readouterr()
+    code = main(_commands(bad, toy_results / "good", tmp_path)[command])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2, err
+    assert len(err) == 1 and f"{bad / name}:{line}:" in err[0], err
+    if command == "accept":
+        assert not (tmp_path / "accepted" / "scores.csv").exists()  # a damaged run never replaces a baseline
+
+
+def test_valid_results_read_as_before(toy_results):
+    from saliencybench.benchmark.results import load_results
+
+    res = load_results(toy_results / "good")
+    raw = pd.read_csv(toy_results / "good" / "scores.csv", dtype={"sample_id": str, "status": str},
+                      keep_default_na=False, na_values={"value": ["nan", "NaN", ""]})
+    pd.testing.assert_frame_equal(res.scores, raw)
+    assert res.scores["sample_id"].map(type).eq(str).all() and res.scores["value"].dtype == "float64"
+    assert set(res.curves.columns) >= {"step", "x", "value"} and res.manifest["suite"] == "toy"
+
+
+def _merge_missing_shard(root, tmp):
+    return [str(root / "shard0")], f"{tmp / 'merged' / 'scores.csv'}:"
+
+
+def _merge_bad_manifest(root, tmp):
+    bad = tmp / "shard1"
+    shutil.copytree(root / "shard1", bad)
+    (bad / "run.json").write_text("[1, 2]\n")
+    return [str(root / "shard0"), str(bad)], f"{bad / 'run.json'}:1:"
+
+
+def _merge_damaged_part(root, tmp):
+    bad = tmp / "shard1"
+    shutil.copytree(root / "shard1", bad)
+    part = next(p for p in sorted((bad / "parts").rglob("*.csv")) if not p.name.endswith(".curves.csv"))
+    part.write_bytes(part.read_bytes()[:-5])
+    return [str(root / "shard0"), str(bad)], ".csv:1:"
+
+
+def _merge_not_results(root, tmp):
+    (tmp / "empty").mkdir()
+    return [str(root / "shard0"), str(tmp / "empty")], f"{tmp / 'empty' / 'parts'}:1:"
+
+
+@pytest.mark.parametrize("case", [_merge_missing_shard, _merge_bad_manifest, _merge_damaged_part, _merge_not_results],
+                         ids=["missing_shard", "bad_run_json", "damaged_part", "not_results"])
+def test_merge_of_damaged_shards_exits_2_naming_file_and_line(toy_results, tmp_path, capsys, case):
+    shards, where = case(toy_results, tmp_path)
+    capsys.readouterr()
+    code = main(["merge", str(tmp_path / "merged"), *shards])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and len(err) == 1 and where in err[0], err
+
+
+def test_merge_of_all_shards_equals_the_single_run(toy_results, tmp_path):
+    assert main(["merge", str(tmp_path / "m"), str(toy_results / "shard0"), str(toy_results / "shard1")]) == 0
+    assert (tmp_path / "m" / "scores.csv").read_bytes() == (toy_results / "good" / "scores.csv").read_bytes()

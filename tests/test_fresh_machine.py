@@ -47,7 +47,8 @@ def wheel(tmp_path_factory) -> Path:
 def test_wheel_contains_every_suite_and_checkpoint(wheel):
     names = set(zipfile.ZipFile(wheel).namelist())
     suites = {f"saliencybench/configs/{p.name}" for p in (REPO / "saliencybench" / "configs").glob("*.toml")}
-    ckpts = {f"saliencybench/models/checkpoints/{p.name}" for p in (REPO / "saliencybench" / "models" / "checkpoints").glob("*.pt")}
+    ckpt_dir = REPO / "saliencybench" / "models" / "checkpoints"
+    ckpts = {f"saliencybench/models/checkpoints/{p.name}" for p in ckpt_dir.glob("*.pt")}
     assert len(suites) >= 5 and len(ckpts) == 3
     assert suites <= names, sorted(suites - names)
     assert ckpts <= names, sorted(ckpts - names)

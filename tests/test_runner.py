@@ -239,3 +239,29 @@ def test_no_tf32_runs_in_full_float32_and_restores(toy_cfg, tmp_path, monkeypatc
     assert set(seen) == {before}
     a = (tmp_path / "exact" / "scores.csv").read_bytes()
     assert a == (tmp_path / "default" / "scores.csv").read_bytes()  # CPU: TF32 does not apply
+
+
+def test_one_method_hash_for_cache_keys_and_shared_raw_outputs(toy_cfg, tmp_path):
+    """Aliases that differ only in post-processing share the raw output (one signature) but not
+    the cached maps; a stochastic method's aliases never share; every key is a method_hash."""
+    from saliencybench.benchmark.jobs import method_hash
+
+    toy_cfg.methods = ["toy_gxi", "gxi_abs", "toy_noise", "noise2"]
+    toy_cfg.method_params = {"gxi_abs": {"base": "toy_gxi", "postprocess": ["abs"]}, "noise2": {"base": "toy_noise"}}
+    runner = Runner(toy_cfg, tmp_path / "r", progress=False)
+    gxi, gxi_abs, noise, noise2 = (runner.method_job(m) for m in toy_cfg.methods)
+    assert gxi.raw_signature() == gxi_abs.raw_signature()
+    assert gxi.cache_key(toy_cfg, "toy", "toy_net") != gxi_abs.cache_key(toy_cfg, "toy", "toy_net")
+    assert noise.raw_signature() != noise2.raw_signature()
+    assert runner._shared_raw == {gxi.raw_signature()}
+    assert gxi.raw_signature() == method_hash({"base": "toy_gxi", "params": gxi.params}, seed_of="")
+    assert gxi_abs.record["postprocess"] == ["abs"] and gxi_abs.meta["base"] == "toy_gxi"
+
+
+def test_runner_options_are_typed(toy_cfg, tmp_path):
+    from saliencybench.benchmark.runner import RunOptions
+
+    r = Runner(toy_cfg, tmp_path / "r", RunOptions(progress=False, shard=(0, 2)))
+    assert r.shard == (0, 2) and r.progress is False
+    with pytest.raises(TypeError):
+        Runner(toy_cfg, tmp_path / "r", progres=False)

@@ -32,7 +32,8 @@ def bootstrap_ci(values: np.ndarray, *, n_boot: int = 1000, alpha: float = 0.05,
     return float(lo), float(hi)
 
 
-def aggregate(scores: pd.DataFrame, directions: Mapping[str, bool], *, n_boot: int = 1000, seed: int = 0) -> pd.DataFrame:
+def aggregate(scores: pd.DataFrame, directions: Mapping[str, bool], *, n_boot: int = 1000,
+              seed: int = 0) -> pd.DataFrame:
     """One row per (dataset, model, method, metric) with mean, std, ci_low, ci_high, n, n_rejected, rank.
 
     ``directions`` maps metric name -> higher_is_better.

@@ -31,6 +31,7 @@ else:  # pragma: no cover
     import tomli as tomllib
 
 from saliencybench.core.errors import ConfigError
+from saliencybench.core.names import did_you_mean
 
 SUITES_PACKAGE = "saliencybench.configs"
 
@@ -153,10 +154,7 @@ def find_suite(name_or_path: str) -> Path | Traversable:
     suites = list_suites()
     if name_or_path in suites:
         return suites[name_or_path]
-    import difflib
-
-    close = difflib.get_close_matches(name_or_path, list(suites), n=3)
-    hint = f"; did you mean {', '.join(close)}?" if close else ""
+    hint = did_you_mean(name_or_path, suites, quote=False)
     raise ConfigError(f"unknown suite '{name_or_path}'{hint} (see `saliencybench list suites`)")
 
 
@@ -175,17 +173,8 @@ def load_config(path: str | Path | Traversable) -> SuiteConfig:
     return config_from_dict(data, source=str(path), text=text)
 
 
-def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", text: str = "") -> SuiteConfig:
-    known_sections = {"suite", "datasets", "models", "methods", "metrics", "paper"}
-    for section in data:
-        if section not in known_sections:
-            raise ConfigError(
-                f"{source}: unknown section [{section}] (expected one of {sorted(known_sections)})"
-            )
-    suite = data.get("suite", {})
-    if not isinstance(suite, dict):
-        raise ConfigError(f"{source}: [suite] must be a table")
-    cfg = SuiteConfig(source=source)
+def _set_suite_keys(cfg: SuiteConfig, suite: dict[str, Any], source: str, text: str) -> None:
+    """Type-check the keys of ``[suite]`` and set them on ``cfg``."""
     for key, value in suite.items():
         if key not in _SUITE_KEYS:
             line = _line_of(text, "suite", key)
@@ -205,6 +194,20 @@ def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", text: str 
             line = _line_of(text, "suite", key)
             raise ConfigError(f"{source}{f':{line}' if line else ''}: [suite] {key} must be a list of strings")
         setattr(cfg, key, value)
+
+
+def config_from_dict(data: dict[str, Any], *, source: str = "<dict>", text: str = "") -> SuiteConfig:
+    known_sections = {"suite", "datasets", "models", "methods", "metrics", "paper"}
+    for section in data:
+        if section not in known_sections:
+            raise ConfigError(
+                f"{source}: unknown section [{section}] (expected one of {sorted(known_sections)})"
+            )
+    suite = data.get("suite", {})
+    if not isinstance(suite, dict):
+        raise ConfigError(f"{source}: [suite] must be a table")
+    cfg = SuiteConfig(source=source)
+    _set_suite_keys(cfg, suite, source, text)
     for section, attr in (("datasets", "dataset_params"), ("models", "model_params"),
                           ("methods", "method_params"), ("metrics", "metric_params")):
         tables = data.get(section, {})

@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from saliencybench.benchmark.store import read_scores
+from saliencybench.benchmark.results import read_scores
 
 KEYS = ["dataset", "model", "method", "metric"]
 
@@ -37,7 +37,8 @@ class RegressionReport:
             return f"no score moved beyond tolerance {self.tolerance:g} ({len(self.table)} entries compared)"
         m = self.moved
         lines = [f"{len(m)} of {len(self.table)} entries moved beyond tolerance {self.tolerance:g}:", ""]
-        head = f"{'dataset':<12} {'model':<14} {'method':<24} {'metric':<18} {'baseline':>10} {'new':>10} {'delta':>10}  status"
+        head = (f"{'dataset':<12} {'model':<14} {'method':<24} {'metric':<18} "
+                f"{'baseline':>10} {'new':>10} {'delta':>10}  status")
         lines.append(head)
         lines.append("-" * len(head))
         for r in m.itertuples():

@@ -1,6 +1,6 @@
 """The benchmark runner: datasets x models x methods x metrics -> results directory.
 
-Data flow (DESIGN.md): for each (dataset, model) the samples are loaded once; for each
+Data flow: for each (dataset, model) the samples are loaded once; for each
 method the attributions are computed in batches **once** into the attribution cache; for each
 group of metrics that can share forward passes the metrics are evaluated from the cached maps;
 per-chunk result parts are written atomically, so an interrupted run resumes where it stopped
@@ -11,16 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import inspect
-import json
-import platform
-import subprocess
 import sys
 import time
 import traceback
 from collections import defaultdict
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
@@ -28,18 +25,15 @@ import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
-import saliencybench
-from saliencybench.attributions.base import (
-    compute_attribution,
-    finish_attribution,
-    method_params,
-    raw_attribution,
-)
+from saliencybench.attributions.base import compute_attribution, finish_attribution, raw_attribution
 from saliencybench.benchmark.config import SuiteConfig, split_spec
+from saliencybench.benchmark.jobs import ChunkInputs, ChunkJob, GroupJob, MethodJob, PairJob
+from saliencybench.benchmark.manifest import environment_info
+from saliencybench.benchmark.reuse import Reuse, setup_of
 from saliencybench.benchmark.store import AttributionCache, ResultStore
 from saliencybench.core.errors import ConfigError, NotApplicableError
 from saliencybench.core.guard import model_guard
-from saliencybench.core.io import config_key, write_json
+from saliencybench.core.io import write_json
 from saliencybench.core.registry import DATASETS, METHODS, METRICS, MODELS, Entry, populate
 from saliencybench.core.seeding import stable_seed
 from saliencybench.core.tensors import as_map_batch, autocast, exact_fp32
@@ -218,35 +212,6 @@ def match_normalization(samples: SampleSet, model: nn.Module) -> SampleSet:
     return samples
 
 
-def git_sha() -> str | None:
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5,
-                             cwd=Path(__file__).resolve().parent)
-        return out.stdout.strip() or None
-    except Exception:
-        return None
-
-
-def environment_info(device: torch.device, *, tf32: bool = True) -> dict[str, Any]:
-    import torchvision
-
-    info = {
-        "python": platform.python_version(),
-        "platform": platform.platform(),
-        "saliencybench": saliencybench.__version__,
-        "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": np.__version__,
-        "pandas": pd.__version__,
-        "device": str(device),
-        "git_sha": git_sha(),
-    }
-    if device.type == "cuda":
-        info["gpu"] = torch.cuda.get_device_name(device)
-        info["tf32"] = bool(tf32 and torch.backends.cudnn.allow_tf32)
-    return info
-
-
 @dataclass
 class RunStats:
     attribution_calls: dict[str, int] = field(default_factory=lambda: defaultdict(int))
@@ -281,17 +246,20 @@ def _sanitize(maps: Tensor, x: Tensor) -> tuple[Tensor, list[str]]:
     return maps, status
 
 
-def _rows(cfg: SuiteConfig, ds: str, model: str, method: str, metric: str, ids: Sequence[str],
-          out: MetricOutput, pre_status: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _cell_columns(cell: tuple[str, str, str, str], metric: str) -> dict[str, str]:
+    suite, ds, model, method = cell
+    return {"suite": suite, "dataset": ds, "model": model, "method": method, "metric": metric}
+
+
+def _rows(cell: tuple[str, str, str, str], metric: str, ids: Sequence[str], out: MetricOutput,
+          pre_status: Sequence[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Score and curve rows of one metric output; ``cell`` = (suite, dataset, model, method)."""
     vals = out.values.detach().double().cpu().numpy().reshape(-1)
     status = list(out.status) if out.status is not None else ["ok"] * len(vals)
     status = [p if p != "ok" else s for p, s in zip(pre_status, status)]
     vals = np.where(np.array([s == "ok" for s in status]), vals, np.nan)
     status = ["nan_value" if s == "ok" and not np.isfinite(v) else s for s, v in zip(status, vals)]
-    scores = pd.DataFrame({
-        "suite": cfg.name, "dataset": ds, "model": model, "method": method, "metric": metric,
-        "sample_id": list(ids), "value": vals, "status": status,
-    })
+    scores = pd.DataFrame({**_cell_columns(cell, metric), "sample_id": list(ids), "value": vals, "status": status})
     if out.curve is None:
         return scores, pd.DataFrame()
     curve = out.curve.detach().double().cpu().numpy()
@@ -299,18 +267,15 @@ def _rows(cfg: SuiteConfig, ds: str, model: str, method: str, metric: str, ids: 
     xs = (out.curve_x.detach().double().cpu().numpy() if out.curve_x is not None
           else np.linspace(0, 1, t))
     curves = pd.DataFrame({
-        "suite": cfg.name, "dataset": ds, "model": model, "method": method, "metric": metric,
+        **_cell_columns(cell, metric),
         "sample_id": np.repeat(np.array(list(ids), dtype=object), t),
         "step": np.tile(np.arange(t), n), "x": np.tile(xs, n), "value": curve.reshape(-1),
     })
     return scores, curves
 
 
-def _error_rows(cfg, ds, model, method, metric, ids, reason) -> pd.DataFrame:
-    return pd.DataFrame({
-        "suite": cfg.name, "dataset": ds, "model": model, "method": method, "metric": metric,
-        "sample_id": list(ids), "value": np.nan, "status": reason,
-    })
+def _error_rows(cell: tuple[str, str, str, str], metric: str, ids: Sequence[str], reason: str) -> pd.DataFrame:
+    return pd.DataFrame({**_cell_columns(cell, metric), "sample_id": list(ids), "value": np.nan, "status": reason})
 
 
 def _short(e: BaseException) -> str:
@@ -318,48 +283,70 @@ def _short(e: BaseException) -> str:
     return f"{type(e).__name__}: {msg}"[:200]
 
 
+@dataclass(frozen=True)
+class RunOptions:
+    """How a :class:`Runner` runs (everything but the suite and the results directory).
+
+    ``tf32=False`` runs every float32 convolution and matrix product on CUDA in full float32
+    (:func:`exact_fp32`); PyTorch's default lets cuDNN use TF32, which moves some scores at the
+    1e-2 level (measured: GridPG localization of smoothed signed maps).
+
+    In-memory runs (the Python API, :func:`saliencybench.evaluate`): ``models`` maps a model
+    name of the suite to an ``nn.Module`` already on the device and in eval mode (used as it
+    is, never rebuilt or moved), ``samples`` maps a dataset name to a :class:`SampleSet`, and
+    ``extra_methods`` adds method entries outside the registry, e.g. precomputed maps handed
+    in with :meth:`Runner.provide_attributions`.
+    """
+
+    device: str | None = None
+    progress: bool = True
+    shard: tuple[int, int] | None = None
+    cache_dir: Path | None = None
+    reuse_from: Sequence[Path] = ()
+    figures: bool | None = None
+    tf32: bool = True
+    models: Mapping[str, nn.Module] | None = None
+    samples: Mapping[str, SampleSet] | None = None
+    extra_methods: Mapping[str, Entry] | None = None
+
+
 class Runner:
-    """Runs one suite into one results directory. See :func:`run_suite`."""
+    """Runs one suite into one results directory. See :func:`run_suite`.
 
-    def __init__(self, cfg: SuiteConfig, out_dir: Path, *, device: str | None = None,
-                 progress: bool = True, shard: tuple[int, int] | None = None,
-                 cache_dir: Path | None = None, reuse_from: Sequence[Path] = (),
-                 figures: bool | None = None, tf32: bool = True,
-                 models: dict[str, nn.Module] | None = None, samples: dict[str, SampleSet] | None = None,
-                 extra_methods: dict[str, Entry] | None = None) -> None:
-        """``tf32=False`` runs every float32 convolution and matrix product on CUDA in full
-        float32 (:func:`exact_fp32`); PyTorch's default lets cuDNN use TF32, which moves some
-        scores at the 1e-2 level (measured: GridPG localization of smoothed signed maps).
+    ``Runner(cfg, out_dir, options)`` or ``Runner(cfg, out_dir, device=..., progress=...)``:
+    keywords are the fields of :class:`RunOptions`.
+    """
 
-        In-memory runs (the Python API, :func:`saliencybench.evaluate`): ``models`` maps a
-        model name of the suite to an ``nn.Module`` already on the device and in eval mode
-        (used as it is, never rebuilt or moved), ``samples`` maps a dataset name to a
-        :class:`SampleSet`, and ``extra_methods`` adds method entries outside the registry,
-        e.g. precomputed maps handed in with :meth:`provide_attributions`."""
-        self.cfg = cfg
-        self.tf32 = tf32
-        self.models = dict(models or {})
-        self.samples = dict(samples or {})
-        self.suite = resolve_suite(cfg, models=list(self.models), datasets=list(self.samples),
-                                   extra_methods=extra_methods)
-        self.out = Path(out_dir)
-        self.device = resolve_device(device or cfg.device)
-        self.progress = progress
-        self.shard = shard
-        self.cache = AttributionCache(Path(cache_dir) if cache_dir else self.out / "cache")
-        self.store = ResultStore(self.out)
-        self.reuse_from = [BaselineResults(Path(p)) for p in reuse_from]
-        self.stats = RunStats()
-        self.dataset_info: dict[str, Any] = {}
+    def __init__(self, cfg: SuiteConfig, out_dir: Path, options: RunOptions | None = None, **kw: Any) -> None:
         from saliencybench.datasets.grid import ScreeningCache
 
+        opts = replace(options or RunOptions(), **kw)
+        self.cfg = cfg
+        self.tf32 = opts.tf32
+        self.models = dict(opts.models or {})
+        self.samples = dict(opts.samples or {})
+        self.suite = resolve_suite(cfg, models=list(self.models), datasets=list(self.samples),
+                                   extra_methods=dict(opts.extra_methods or {}))
+        self.out = Path(out_dir)
+        self.device = resolve_device(opts.device or cfg.device)
+        self.progress = opts.progress
+        self.shard = opts.shard
+        self.cache = AttributionCache(Path(opts.cache_dir) if opts.cache_dir else self.out / "cache")
+        self.store = ResultStore(self.out)
+        self.reuse = Reuse(opts.reuse_from)
+        self.stats = RunStats()
+        self.dataset_info: dict[str, Any] = {}
         self._screen_cache = ScreeningCache(self.out / "grid_screening")
         self.model_info: dict[str, Any] = {}
         self.not_applicable: dict[str, str] = {}
-        self.figures = cfg.figures if figures is None else figures
+        self.figures = cfg.figures if opts.figures is None else opts.figures
         self._raw: dict[tuple, Tensor] = {}  # raw method outputs of the current (dataset, model)
-        sigs = [self._raw_signature(m) for m in self.suite.methods]
+        sigs = [self.method_job(m).raw_signature() for m in self.suite.methods]
         self._shared_raw = {s for s in sigs if sigs.count(s) > 1}
+
+    def method_job(self, name: str) -> MethodJob:
+        """The suite's method ``name`` with its entry and overrides."""
+        return MethodJob(name, self.suite.method_entry(name), self.cfg.method_overrides(name))
 
     # -- metric grouping ----------------------------------------------------------------------
     def _metric_instances(self) -> list[Metric]:
@@ -421,11 +408,10 @@ class Runner:
         if maps.ndim != 4 or maps.shape[0] != len(samples):
             raise ValueError(f"attributions for '{method}' have shape {tuple(maps.shape)}; expected "
                              f"({len(samples)}, H, W), ({len(samples)}, 1, H, W) or ({len(samples)}, C, H, W)")
-        entry = self.suite.method_entry(method)
-        overrides = self.cfg.method_overrides(method)
-        maps = apply_postprocess(maps.detach().cpu(), postprocess_steps(entry, overrides),
+        job = self.method_job(method)
+        maps = apply_postprocess(maps.detach().cpu(), postprocess_steps(job.entry, dict(job.overrides)),
                                  size=samples.image_size).float()
-        key = self._method_key(ds_name, model_spec, method)
+        key = job.cache_key(self.cfg, ds_name, model_spec)
         size = max(1, self.cfg.chunk_size)
         for c, s0 in enumerate(range(0, len(samples), size)):
             ids = samples.sample_ids[s0:s0 + size]
@@ -439,7 +425,9 @@ class Runner:
             chunks = [(c, idx) for c, idx in chunks if c % of == k]
         return chunks
 
-    def _run_pair(self, ds_name: str, model_spec: str, metrics: list[Metric]) -> None:
+    def _build_pair(self, ds_name: str, model_spec: str) -> PairJob:
+        """The model (wrapped for the dataset where it needs it) and samples of a pair; records
+        both in the manifest's dataset and model information."""
         if model_spec in self.models:
             model = self.models[model_spec]
             model_meta: dict[str, Any] = {"in_memory": True, "class": type(model).__name__}
@@ -452,7 +440,7 @@ class Runner:
         else:
             samples = build_samples(ds_name, self.cfg, model, model_spec, self.device,
                                     suite_models=list(self.suite.models), screen_cache=self._screen_cache)
-        wrap = getattr(samples, "wrap_model", None)
+        wrap = samples.wrap_model
         if wrap is not None:
             model = wrap(model).to(self.device).eval()
         by_model = dict(self.dataset_info.get(ds_name, {}).get("by_model", {}))
@@ -464,7 +452,11 @@ class Runner:
                                        if isinstance(v, (str, int, float, bool, list, tuple, dict))}
         if model_meta.get("family") == "timm" and isinstance(getattr(built, "sb_info", None), dict):
             self.model_info[model_spec]["build"] = dict(built.sb_info)
-        chunks = self._chunks(len(samples))
+        return PairJob(ds_name, model_spec, model, samples)
+
+    def _run_pair(self, ds_name: str, model_spec: str, metrics: list[Metric]) -> None:
+        pair = self._build_pair(ds_name, model_spec)
+        chunks = self._chunks(len(pair.samples))
         n_batches = sum((len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size for _, idx in chunks)
         self._raw.clear()
         bar = tqdm(total=len(self.suite.methods) * n_batches, desc=f"{ds_name}/{model_spec}",
@@ -472,123 +464,112 @@ class Runner:
         try:
             for method in self.suite.methods:
                 bar.set_postfix_str(method)
+                job = self.method_job(method)
                 for chunk, idx in chunks:
-                    self._run_chunk(ds_name, model_spec, model, samples, method, chunk, idx, metrics, bar)
+                    self._run_chunk(ChunkJob(pair, job, chunk, tuple(idx)), metrics, bar)
         finally:
             bar.close()
         if self.figures and self.shard is None:
-            self._qualitative(ds_name, model_spec, samples)
+            self._qualitative(pair)
 
-    def _qualitative(self, ds_name: str, model_spec: str, samples: SampleSet, n: int = 4) -> None:
+    def _qualitative(self, pair: PairJob, n: int = 4) -> None:
         """A few images x methods from the cache (Otsuki et al. 2024 Fig. 5 style)."""
-        from saliencybench.benchmark.report.plots import qualitative_grid
-        from saliencybench.core.io import safe_filename as _safe
+        from saliencybench.benchmark.report.qualitative import qualitative_figure
 
-        chunks = self._chunks(len(samples))
+        chunks = self._chunks(len(pair.samples))
         if not chunks or chunks[0][0] != 0:
             return
-        first_ids = [samples.sample_ids[i] for i in chunks[0][1]]
-        idx = list(range(min(n, len(first_ids))))
-        ids = first_ids[: len(idx)]
+        first_ids = [pair.samples.sample_ids[i] for i in chunks[0][1]]
+        k = min(n, len(first_ids))
         maps = {}
         for method in self.suite.methods:
-            key = self._method_key(ds_name, model_spec, method)
-            m = self.cache.get(ds_name, model_spec, method, key, 0, first_ids)
+            key = self.method_job(method).cache_key(self.cfg, pair.dataset, pair.model_name)
+            m = self.cache.get(pair.dataset, pair.model_name, method, key, 0, first_ids)
             if m is not None:
-                maps[method] = m[: len(idx)]
-        if not maps:
-            return
-        batch = samples.get(idx)
-        images = samples.normalization.to_pixel(batch.x)
-        if images.shape[1] != 3:
-            images = images[:, :1].expand(-1, 3, -1, -1)
-        labels = [samples.class_names[int(y)] if samples.class_names and int(y) < len(samples.class_names) else str(int(y))
-                  for y in batch.y]
-        qualitative_grid(images, maps, self.out / "figures" / f"qualitative_{_safe(ds_name)}_{_safe(model_spec)}.png",
-                         title=f"{ds_name} / {model_spec}: {', '.join(ids)}", labels=labels)
+                maps[method] = m[:k]
+        qualitative_figure(pair.samples, maps, self.out / "figures", pair.model_name)
 
-    def _raw_signature(self, method: str) -> str:
-        """Methods with equal signatures produce the same raw output (they differ only in
-        post-processing); stochastic methods draw per-method seeds, so they never share."""
-        entry = self.suite.method_entry(method)
-        return config_key({"method": entry.name, "params": method_params(entry, self.cfg.method_overrides(method)),
-                           "seed_of": method if entry.meta.get("stochastic") else ""})
-
-    def _method_key(self, ds_name: str, model_spec: str, method: str) -> str:
-        entry = self.suite.method_entry(method)
-        overrides = self.cfg.method_overrides(method)
-        return config_key({
-            "method": entry.name, "params": method_params(entry, overrides),
-            "postprocess": overrides.get("postprocess", entry.meta.get("postprocess")),
-            "dataset": ds_name, "dataset_params": self.cfg.dataset_params.get(ds_name, {}),
-            "model": model_spec, "model_params": self.cfg.model_params.get(model_spec, {}),
-            "seed": self.cfg.seed, "target": self.cfg.explained,
-        })
-
-    def _run_chunk(self, ds_name: str, model_spec: str, model: nn.Module, samples: SampleSet,
-                   method: str, chunk: int, idx: list[int], metrics: list[Metric], bar) -> None:
-        entry = self.suite.method_entry(method)
-        overrides = self.cfg.method_overrides(method)
-        meta = {**entry.meta, "params": method_params(entry, overrides), "name": method, "base": entry.name}
-        groups = self._groups(metrics, meta)
-        parts = [(g, self.store.part_path(ds_name, model_spec, method, [m.name for m in g], chunk)) for g in groups]
-        ids = [samples.sample_ids[i] for i in idx]
+    # -- one method on one chunk -------------------------------------------------------------
+    def _pending_groups(self, job: ChunkJob, metrics: list[Metric]) -> list[GroupJob]:
+        """The chunk's metric groups whose result part is neither stored nor reusable."""
+        pair, method = job.pair, job.method
         todo = []
-        for g, path in parts:
-            if self.store.has_part(path):
-                self.stats.parts_reused += 1
-            elif self._reuse_part(path, ds_name, model_spec, method, g, ids):
+        for g in self._groups(metrics, method.meta):
+            group = GroupJob(job, tuple(g), self.store.part_path(pair.dataset, pair.model_name, method.name,
+                                                                [m.name for m in g], job.chunk))
+            if self.store.has_part(group.path) or self._reuse_part(group):
                 self.stats.parts_reused += 1
             else:
-                todo.append((g, path))
-        n_b = (len(idx) + self.cfg.batch_size - 1) // self.cfg.batch_size
+                todo.append(group)
+        return todo
+
+    def _run_chunk(self, job: ChunkJob, metrics: list[Metric], bar) -> None:
+        todo = self._pending_groups(job, metrics)
+        n_b = (len(job.idx) + self.cfg.batch_size - 1) // self.cfg.batch_size
         if not todo:
             bar.update(n_b)
             return
-        key = self._method_key(ds_name, model_spec, method)
-        full = samples.get(idx).to(self.device)
-        target = _targets(model, full, self.cfg.explained, self.cfg.batch_size)
-        maps = self.cache.get(ds_name, model_spec, method, key, chunk, ids)
-        method_error: str | None = None
+        pair, method = job.pair, job.method
+        ids = job.ids
+        key = method.cache_key(self.cfg, pair.dataset, pair.model_name)
+        full = pair.samples.get(list(job.idx)).to(self.device)
+        target = _targets(pair.model, full, self.cfg.explained, self.cfg.batch_size)
+        maps = self.cache.get(pair.dataset, pair.model_name, method.name, key, job.chunk, ids)
+        error: str | None = None
         if maps is None:
-            seeds = [stable_seed(self.cfg.seed, method, sid) for sid in ids]
-            out = []
-            t = time.perf_counter()
             try:
-                sig = self._raw_signature(method)
-                for b0 in range(0, len(idx), self.cfg.batch_size):
-                    sl = slice(b0, b0 + self.cfg.batch_size)
-                    raw = self._raw.get((sig, chunk, b0))
-                    if raw is None:  # aliases differing only in post-processing share this
-                        raw = raw_attribution(entry, model, full.x[sl], target[sl], params=overrides,
-                                              seeds=seeds[sl])
-                        if sig in self._shared_raw:
-                            self._raw[(sig, chunk, b0)] = raw.cpu()
-                    out.append(finish_attribution(entry, raw.to(self.device), full.x[sl], params=overrides).cpu())
-                    bar.update(1)
-                maps = torch.cat(out)
-                self.cache.put(ds_name, model_spec, method, key, chunk, ids, maps)
-                self.stats.attribution_calls[method] += len(idx)
-            except (KeyboardInterrupt, SystemExit):
-                raise
+                maps, error = self._attribute(job, ChunkInputs(full, target, None, None), key, bar)
             except NotApplicableError as e:
-                self.not_applicable[f"{ds_name}/{model_spec}/{method}"] = str(e)
-                bar.update(n_b - len(out))
-                for _, path in todo:  # an empty part: done, and no rows
-                    self.store.write_part(path, pd.DataFrame(), pd.DataFrame())
+                self.not_applicable[f"{pair.dataset}/{pair.model_name}/{method.name}"] = str(e)
+                for group in todo:  # an empty part: done, and no rows
+                    self.store.write_part(group.path, pd.DataFrame(), pd.DataFrame())
                 return
-            except Exception as e:  # recorded per sample, never a crash of the whole run
-                method_error = f"method_error: {_short(e)}"
-                self.stats.failures.append(f"{ds_name}/{model_spec}/{method}: {_short(e)}")
-                if self.progress:
-                    traceback.print_exc(limit=3, file=sys.stderr)
-                bar.update(n_b - len(out))
-            self.stats.attribution_seconds[method] += time.perf_counter() - t
         else:
             bar.update(n_b)
-        for g, path in todo:
-            self._evaluate_group(ds_name, model_spec, model, samples, method, meta, entry, overrides,
-                                 g, path, full, target, ids, maps, method_error)
+        inputs = ChunkInputs(full, target, maps, error)
+        for group in todo:
+            self._evaluate_group(group, inputs)
+
+    def _attribute(self, job: ChunkJob, inputs: ChunkInputs, key: str, bar) -> tuple[Tensor | None, str | None]:
+        """The chunk's maps, computed in batches (aliases that differ only in post-processing
+        share the raw output) and cached under ``key``, or the error recorded per sample
+        instead of them."""
+        method, full, target = job.method, inputs.batch, inputs.target
+        pair = job.pair
+        n_b = (len(job.idx) + self.cfg.batch_size - 1) // self.cfg.batch_size
+        seeds = [stable_seed(self.cfg.seed, method.name, sid) for sid in job.ids]
+        overrides = dict(method.overrides)
+        out: list[Tensor] = []
+        t = time.perf_counter()
+        try:
+            sig = method.raw_signature()
+            for b0 in range(0, len(job.idx), self.cfg.batch_size):
+                sl = slice(b0, b0 + self.cfg.batch_size)
+                raw = self._raw.get((sig, job.chunk, b0))
+                if raw is None:  # aliases differing only in post-processing share this
+                    raw = raw_attribution(method.entry, pair.model, full.x[sl], target[sl], params=overrides,
+                                          seeds=seeds[sl])
+                    if sig in self._shared_raw:
+                        self._raw[(sig, job.chunk, b0)] = raw.cpu()
+                out.append(finish_attribution(method.entry, raw.to(self.device), full.x[sl], params=overrides).cpu())
+                bar.update(1)
+            maps = torch.cat(out)
+            self.cache.put(pair.dataset, pair.model_name, method.name, key, job.chunk, job.ids, maps)
+            self.stats.attribution_calls[method.name] += len(job.idx)
+            self.stats.attribution_seconds[method.name] += time.perf_counter() - t
+            return maps, None
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except NotApplicableError:
+            bar.update(n_b - len(out))
+            raise
+        except Exception as e:  # recorded per sample, never a crash of the whole run
+            self.stats.failures.append(f"{pair.dataset}/{pair.model_name}/{method.name}: {_short(e)}")
+            if self.progress:
+                traceback.print_exc(limit=3, file=sys.stderr)
+            bar.update(n_b - len(out))
+            self.stats.attribution_seconds[method.name] += time.perf_counter() - t
+            return None, f"method_error: {_short(e)}"
 
     def _autocast(self):
         """bf16/fp16 autocast of the metrics' model forwards (CUDA only; off by default)."""
@@ -597,83 +578,78 @@ class Runner:
         except ValueError as e:
             raise ConfigError(str(e)) from None
 
-    def _method_record(self, method: str) -> dict[str, Any]:
-        """What run.json records of a method: the inputs that decide its attributions."""
-        entry = self.suite.method_entry(method)
-        overrides = self.cfg.method_overrides(method)
-        return {"base": entry.name, "params": method_params(entry, overrides),
-                "postprocess": list(overrides.get("postprocess", entry.meta.get("postprocess", ())))}
-
-    def _reuse_part(self, path: Path, ds: str, model: str, method: str, group: list[Metric],
-                    ids: list[str]) -> bool:
+    def _reuse_part(self, group: GroupJob) -> bool:
         """Take this part's rows from a baseline results directory when it has all of them,
-        computed with the same method, metric, dataset and model parameters, seed and target
-        (as its run.json records them); anything else is recomputed."""
-        want = {
-            "method": self._method_record(method),
-            "metrics": {m.name: m.manifest() for m in group},
-            "context": {"seed": self.cfg.seed, "target": self.cfg.explained,
-                        "dataset": self.cfg.dataset_params.get(ds, {}),
-                        "model": self.cfg.model_params.get(model, {})},
-        }
-        for base in self.reuse_from:
-            if not base.same_setup(ds, model, method, want):
-                continue
-            found = base.rows(ds, model, method, [m.name for m in group], ids)
-            if found is not None:
-                self.store.write_part(path, *found)
-                return True
-        return False
+        computed with the same setup (:mod:`saliencybench.benchmark.reuse`)."""
+        pair, method = group.chunk.pair, group.chunk.method
+        want = setup_of(self.cfg, method.record, group.metrics, pair.dataset, pair.model_name)
+        found = self.reuse.find(want, (pair.dataset, pair.model_name, method.name), group.names, group.chunk.ids)
+        if found is None:
+            return False
+        self.store.write_part(group.path, *found)
+        return True
 
-    def _evaluate_group(self, ds_name, model_spec, model, samples, method, meta, entry, overrides,
-                        group: list[Metric], path: Path, full: Batch, target: Tensor, ids: list[str],
-                        maps: Tensor | None, method_error: str | None) -> None:
+    def _evaluate_group(self, group: GroupJob, inputs: ChunkInputs) -> None:
+        pair, method = group.chunk.pair, group.chunk.method
+        cell = (self.cfg.name, pair.dataset, pair.model_name, method.name)
+        ids = group.chunk.ids
         score_parts, curve_parts = [], []
-        if method_error is not None or maps is None:
-            for m in group:
-                score_parts.append(_error_rows(self.cfg, ds_name, model_spec, method, m.name, ids,
-                                               method_error or "method_error"))
+        if inputs.error is not None or inputs.maps is None:
+            for m in group.metrics:
+                score_parts.append(_error_rows(cell, m.name, ids, inputs.error or "method_error"))
         else:
             t = time.perf_counter()
             for b0 in range(0, len(ids), self.cfg.batch_size):
-                sl = slice(b0, b0 + self.cfg.batch_size)
-                batch = Batch(full.x[sl], full.y[sl], ids[sl], None if full.mask is None else full.mask[sl])
-                bmaps, pre = _sanitize(maps[sl].to(self.device), batch.x)
-                seeds = [stable_seed(self.cfg.seed, method, sid) for sid in batch.sample_ids]
-
-                def attribute(x, tgt, reduce=True, _seeds=seeds, **kw):
-                    params = {**overrides, **kw}
-                    return compute_attribution(entry, model, x, tgt, params=params, seeds=_seeds, reduce=reduce)
-
-                ctx = EvalContext(
-                    model=model, batch=batch, target=target[sl], normalization=samples.normalization,
-                    num_classes=samples.num_classes, method=method, method_meta=meta,
-                    attribute=attribute, seed=self.cfg.seed, model_name=model_spec, dataset_name=ds_name,
-                    forward_counter=self.stats.forwards, max_batch=max(self.cfg.batch_size * 8, 64),
-                )
-                try:
-                    with model_guard(model, who=f"metrics {[m.name for m in group]}"), self._autocast():
-                        outs = type(group[0]).evaluate_group(group, ctx, bmaps)
-                    for m in group:
-                        s, c = _rows(self.cfg, ds_name, model_spec, method, m.name, batch.sample_ids, outs[m.name], pre)
-                        score_parts.append(s)
-                        curve_parts.append(c)
-                except (KeyboardInterrupt, SystemExit):
-                    raise
-                except Exception as e:
-                    self.stats.failures.append(f"{ds_name}/{model_spec}/{method}/{group[0].name}: {_short(e)}")
-                    if self.progress:
-                        traceback.print_exc(limit=3, file=sys.stderr)
-                    for m in group:
-                        score_parts.append(_error_rows(self.cfg, ds_name, model_spec, method, m.name,
-                                                       batch.sample_ids, f"metric_error: {_short(e)}"))
+                s, c = self._evaluate_batch(group, inputs, slice(b0, b0 + self.cfg.batch_size))
+                score_parts += s
+                curve_parts += c
             dt = time.perf_counter() - t
-            for m in group:
-                self.stats.metric_seconds[m.name] += dt / len(group)
+            for m in group.metrics:
+                self.stats.metric_seconds[m.name] += dt / len(group.metrics)
         scores = pd.concat(score_parts, ignore_index=True)
-        curves = pd.concat([c for c in curve_parts if len(c)], ignore_index=True) if any(len(c) for c in curve_parts) else pd.DataFrame()
-        self.store.write_part(path, scores, curves)
+        curves = pd.concat([c for c in curve_parts if len(c)], ignore_index=True) \
+            if any(len(c) for c in curve_parts) else pd.DataFrame()
+        self.store.write_part(group.path, scores, curves)
         self.stats.parts_computed += 1
+
+    def _eval_context(self, group: GroupJob, batch: Batch, target: Tensor) -> EvalContext:
+        pair, method = group.chunk.pair, group.chunk.method
+        seeds = [stable_seed(self.cfg.seed, method.name, sid) for sid in batch.sample_ids]
+        entry, overrides, model = method.entry, dict(method.overrides), pair.model
+
+        def attribute(x, tgt, reduce=True, _seeds=seeds, **kw):
+            params = {**overrides, **kw}
+            return compute_attribution(entry, model, x, tgt, params=params, seeds=_seeds, reduce=reduce)
+
+        return EvalContext(
+            model=model, batch=batch, target=target, normalization=pair.samples.normalization,
+            num_classes=pair.samples.num_classes, method=method.name, method_meta=method.meta,
+            attribute=attribute, seed=self.cfg.seed, model_name=pair.model_name, dataset_name=pair.dataset,
+            forward_counter=self.stats.forwards, max_batch=max(self.cfg.batch_size * 8, 64),
+        )
+
+    def _evaluate_batch(self, group: GroupJob, inputs: ChunkInputs,
+                        sl: slice) -> tuple[list[pd.DataFrame], list[pd.DataFrame]]:
+        """Score and curve rows of one batch of a group (error rows when the metrics fail)."""
+        pair, method = group.chunk.pair, group.chunk.method
+        cell = (self.cfg.name, pair.dataset, pair.model_name, method.name)
+        full, ids = inputs.batch, group.chunk.ids
+        batch = Batch(full.x[sl], full.y[sl], ids[sl], None if full.mask is None else full.mask[sl])
+        bmaps, pre = _sanitize(inputs.maps[sl].to(self.device), batch.x)
+        ctx = self._eval_context(group, batch, inputs.target[sl])
+        names = group.names
+        try:
+            with model_guard(pair.model, who=f"metrics {names}"), self._autocast():
+                outs = type(group.metrics[0]).evaluate_group(list(group.metrics), ctx, bmaps)
+            rows = [_rows(cell, m.name, batch.sample_ids, outs[m.name], pre) for m in group.metrics]
+            return [s for s, _ in rows], [c for _, c in rows]
+        except (KeyboardInterrupt, SystemExit):
+            raise
+        except Exception as e:
+            self.stats.failures.append(f"{pair.dataset}/{pair.model_name}/{method.name}/{names[0]}: {_short(e)}")
+            if self.progress:
+                traceback.print_exc(limit=3, file=sys.stderr)
+            return [_error_rows(cell, n, batch.sample_ids, f"metric_error: {_short(e)}") for n in names], []
 
     # -- manifest ----------------------------------------------------------------------------
     def _direction(self, metric: Metric) -> bool:
@@ -694,7 +670,7 @@ class Runner:
             "environment": environment_info(self.device, tf32=self.tf32),
             "datasets": self.dataset_info,
             "models": self.model_info,
-            "methods": {m: {**self._method_record(m), "paper": self.suite.method_entry(m).meta.get("paper", "")}
+            "methods": {m: {**self.method_job(m).record, "paper": self.suite.method_entry(m).meta.get("paper", "")}
                         for m in self.suite.methods},
             "metrics": {m.name: {**m.manifest(), "higher_is_better": self._direction(m)} for m in metrics},
             "attribution_calls": {m: self.stats.attribution_calls.get(m, 0) for m in self.suite.methods},
@@ -712,60 +688,7 @@ class Runner:
         }
 
 
-class BaselineResults:
-    """Stored ``scores.csv`` / ``curves.csv`` of an earlier run, served as result parts.
-
-    ``compare`` and reruns against a committed baseline reuse rows from here: a part is
-    reused only when the baseline's run.json shows the same setup (:meth:`same_setup`) and
-    every (metric, sample) row it needs is present.
-    """
-
-    def __init__(self, root: Path) -> None:
-        from saliencybench.benchmark.store import read_curves, read_manifest, read_scores
-
-        self.root = Path(root)
-        self.manifest = read_manifest(self.root)
-        scores = read_scores(self.root)
-        curves = read_curves(self.root)
-        self._scores = {k: g for k, g in scores.groupby(["dataset", "model", "method"], sort=False)}
-        self._curves = {k: g for k, g in curves.groupby(["dataset", "model", "method"], sort=False)} if len(curves) else {}
-
-    def same_setup(self, ds: str, model: str, method: str, want: dict[str, Any]) -> bool:
-        """True when the baseline computed ``method`` with the parameters in ``want`` (method
-        record, metric manifests, seed / target / dataset / model parameters)."""
-        m = self.manifest
-        if not m:
-            return False
-        cfg = m.get("config", {})
-        have = {
-            "method": {k: m.get("methods", {}).get(method, {}).get(k) for k in want["method"]},
-            "metrics": {name: {k: v for k, v in m.get("metrics", {}).get(name, {}).items() if k != "higher_is_better"}
-                        for name in want["metrics"]},
-            "context": {"seed": m.get("seed"),
-                        "target": (cfg.get("suite", {}).get("explain_target")
-                                   or cfg.get("suite", {}).get("target")),
-                        "dataset": cfg.get("datasets", {}).get(ds, {}), "model": cfg.get("models", {}).get(model, {})},
-        }
-        return _canonical(have) == _canonical(want)
-
-    def rows(self, ds: str, model: str, method: str, metrics: list[str],
-             ids: list[str]) -> tuple[pd.DataFrame, pd.DataFrame] | None:
-        g = self._scores.get((ds, model, method))
-        if g is None:
-            return None
-        s = g[g["metric"].isin(metrics) & g["sample_id"].isin(ids)]
-        if len(s) != len(metrics) * len(ids):
-            return None
-        c = self._curves.get((ds, model, method))
-        c = c[c["metric"].isin(metrics) & c["sample_id"].isin(ids)] if c is not None else pd.DataFrame()
-        return s, c
-
-
-def _canonical(obj: Any) -> Any:
-    """JSON round trip (tuples become lists, keys sorted) so records compare as run.json stores them."""
-    return json.loads(json.dumps(obj, sort_keys=True, default=str))
-
-
 def run_suite(cfg: SuiteConfig, out_dir: Path | str, **kw: Any) -> dict[str, Any]:
-    """Run ``cfg`` into ``out_dir`` (resuming whatever is already there); return the manifest."""
+    """Run ``cfg`` into ``out_dir`` (resuming whatever is already there); return the manifest.
+    Keywords are the fields of :class:`RunOptions`."""
     return Runner(cfg, Path(out_dir), **kw).run()

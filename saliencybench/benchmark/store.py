@@ -18,22 +18,29 @@ from __future__ import annotations
 
 import gzip
 import io
-import json
+import shutil
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Iterable, Sequence
 
 import pandas as pd
 import torch
 from torch import Tensor
 
+from saliencybench.benchmark.results import (  # noqa: F401  (re-exported: the one results reader)
+    CURVE_COLUMNS,
+    CURVES_FILE,
+    RESULT_FILES,
+    SCORE_COLUMNS,
+    parse_curves,
+    parse_scores,
+    read_curves,
+    read_manifest,
+    read_scores,
+)
 from saliencybench.core.errors import ResultsError
 from saliencybench.core.io import atomic_write_bytes, atomic_write_text, read_verified, safe_filename
 
-SCORE_COLUMNS = ["suite", "dataset", "model", "method", "metric", "sample_id", "value", "status"]
-CURVE_COLUMNS = ["suite", "dataset", "model", "method", "metric", "sample_id", "step", "x", "value"]
 SORT_KEYS = ["dataset", "model", "method", "metric", "sample_id"]
-CURVES_FILE = "curves.csv.gz"
-RESULT_FILES = ("scores.csv", CURVES_FILE, "run.json")  # what a baseline keeps of a run
 
 
 class AttributionCache:
@@ -107,7 +114,8 @@ class ResultStore:
 
     def part_path(self, dataset: str, model: str, method: str, metrics: Iterable[str], chunk: int) -> Path:
         tag = "+".join(sorted(safe_filename(m) for m in metrics))
-        return self.parts / safe_filename(dataset) / safe_filename(model) / safe_filename(method) / f"{tag}.{chunk:05d}.csv"
+        folder = self.parts / safe_filename(dataset) / safe_filename(model) / safe_filename(method)
+        return folder / f"{tag}.{chunk:05d}.csv"
 
     def has_part(self, path: Path) -> bool:
         return read_verified(path) is not None and read_verified(_curves_path(path)) is not None
@@ -127,17 +135,35 @@ class ResultStore:
             if data is None or cdata is None:
                 bad.append(p)
                 continue
-            scores.append(pd.read_csv(io.BytesIO(data), dtype={"sample_id": str, "status": str}, keep_default_na=False,
-                                      na_values={"value": ["nan", "NaN", ""]}))
-            curves.append(pd.read_csv(io.BytesIO(cdata), dtype={"sample_id": str}))
+            scores.append(parse_scores(data, p))
+            curves.append(parse_curves(cdata, _curves_path(p)))
         s = pd.concat(scores, ignore_index=True) if scores else pd.DataFrame(columns=SCORE_COLUMNS)
         c = pd.concat(curves, ignore_index=True) if curves else pd.DataFrame(columns=CURVE_COLUMNS)
         return s, c, bad
 
-    def merge(self) -> tuple[pd.DataFrame, pd.DataFrame]:
+    def absorb(self, other: Path) -> None:
+        """Copy another results directory's parts and attribution cache into this one (the
+        shards of ``saliencybench merge``)."""
+        other = Path(other)
+        if not (other / "parts").is_dir():
+            raise ResultsError(f"{other / 'parts'}:1: not found: not a shard results directory")
+        for part in (other / "parts").rglob("*"):
+            if part.is_file():
+                dest = self.parts / part.relative_to(other / "parts")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(part, dest)
+        if (other / "cache").is_dir():
+            shutil.copytree(other / "cache", self.root / "cache", dirs_exist_ok=True)
+
+    def merge(self, *, strict: bool = False) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Write ``scores.csv`` and ``curves.csv.gz`` from the parts, sorted deterministically
-        (the gzip header carries no time stamp, so equal curves give equal bytes)."""
-        s, c, _ = self.read_parts()
+        (the gzip header carries no time stamp, so equal curves give equal bytes). ``strict``:
+        a part whose checksum does not verify raises :class:`ResultsError` instead of being
+        left for the next run to recompute."""
+        s, c, bad = self.read_parts()
+        if strict and bad:
+            raise ResultsError(f"{bad[0]}:1: damaged result part (checksum does not match; "
+                               f"{len(bad)} such part(s)): rerun the shard that wrote it")
         s = s.sort_values(SORT_KEYS, kind="mergesort").reset_index(drop=True)
         c = c.sort_values(SORT_KEYS + ["step"], kind="mergesort").reset_index(drop=True)
         atomic_write_text(self.root / "scores.csv", _to_csv(s, SCORE_COLUMNS))
@@ -156,33 +182,3 @@ def _to_csv(df: pd.DataFrame, columns: list[str]) -> str:
     df = df.reindex(columns=columns)
     fmt = "%.6g" if columns is CURVE_COLUMNS else "%.8g"
     return df.to_csv(index=False, float_format=fmt, lineterminator="\n")
-
-
-def read_scores(results_dir: Path) -> pd.DataFrame:
-    """Read a results directory's ``scores.csv`` (raises a clear error when absent)."""
-    path = Path(results_dir) / "scores.csv"
-    if not path.is_file():
-        raise FileNotFoundError(f"{path} not found: run `saliencybench run --out {results_dir}` first")
-    return pd.read_csv(path, dtype={"sample_id": str, "status": str}, keep_default_na=False,
-                       na_values={"value": ["nan", "NaN", ""]})
-
-
-def read_curves(results_dir: Path) -> pd.DataFrame:
-    """A results directory's curves (``curves.csv.gz``, or ``curves.csv`` of older runs)."""
-    path = Path(results_dir) / CURVES_FILE
-    if not path.is_file():
-        path = Path(results_dir) / "curves.csv"
-    if not path.is_file():
-        return pd.DataFrame(columns=CURVE_COLUMNS)
-    return pd.read_csv(path, dtype={"sample_id": str})
-
-
-def read_manifest(results_dir: Path) -> dict[str, Any]:
-    """A results directory's ``run.json`` ({} when it has none)."""
-    path = Path(results_dir) / "run.json"
-    if not path.is_file():
-        return {}
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ResultsError(f"{path}:{e.lineno}: not a valid run manifest ({e.msg})") from None

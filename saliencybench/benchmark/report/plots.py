@@ -2,8 +2,9 @@
 
 - mean perturbation / MIA curves per method with 95% bands (normal approximation of the
   mean's CI), one panel per curve metric;
-- per-method score distributions (box plots) per metric;
-- a qualitative grid: a few images x methods, like Otsuki et al. 2024 Fig. 5.
+- per-method score distributions (box plots) per metric.
+
+The qualitative grid (images x methods) is in :mod:`saliencybench.benchmark.report.qualitative`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import seaborn as sns  # noqa: E402
-import torch  # noqa: E402
 
 from saliencybench.core.io import atomic_write_bytes
 from saliencybench.core.io import safe_filename as _safe  # noqa: E402
@@ -104,33 +104,3 @@ def distribution_figures(scores: pd.DataFrame, out_dir: Path) -> list[Path]:
         save_figure(fig, p)
         paths.append(p)
     return paths
-
-
-def qualitative_grid(images: torch.Tensor, maps: dict[str, torch.Tensor], out_path: Path,
-                     title: str = "", labels: Sequence[str] | None = None) -> Path:
-    """Images (N,3,H,W in [0,1]) in the first column, one column of heatmaps per method.
-
-    Each map is normalised by its own max |value| and drawn with a diverging colormap
-    (red positive, blue negative), as in Otsuki et al. 2024 Fig. 5.
-    """
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    n = images.shape[0]
-    methods = list(maps)
-    fig, axes = plt.subplots(n, len(methods) + 1, figsize=(1.3 * (len(methods) + 1), 1.35 * n), squeeze=False)
-    for i in range(n):
-        axes[i][0].imshow(images[i].permute(1, 2, 0).clamp(0, 1).numpy())
-        axes[i][0].set_ylabel(labels[i] if labels else "", fontsize=6)
-        for j, m in enumerate(methods):
-            a = maps[m][i, 0].float()
-            s = float(a.abs().max()) or 1.0
-            axes[i][j + 1].imshow((a / s).numpy(), cmap="bwr", vmin=-1, vmax=1)
-            if i == 0:
-                axes[i][j + 1].set_title(m, fontsize=6, rotation=30)
-        if i == 0:
-            axes[i][0].set_title("image", fontsize=6)
-    for ax in axes.flat:
-        ax.set_xticks([])
-        ax.set_yticks([])
-    if title:
-        fig.suptitle(title, fontsize=8)
-    return save_figure(fig, out_path, dpi=72)  # photos and maps: fewer pixels per map
