@@ -101,8 +101,8 @@ def test_gridpg_suites_cover_cams_at_the_input_and_rise_at_layers(name):
     """Rao et al. 2022, Fig. 9 / official code: CAM methods at the input layer and RISE at the middle and
     final layers are part of the localization suites."""
     from saliencybench.benchmark.config import load_config
-    from saliencybench.benchmark.runner import resolve_suite
     from saliencybench.benchmark.report.localization import method_layer
+    from saliencybench.benchmark.runner import resolve_suite
 
     cfg = load_config(CONFIGS / f"{name}.toml")
     resolve_suite(cfg)  # every alias resolves

@@ -91,8 +91,8 @@ def test_register_method_fn_variant_shares_implementation():
     def impl(model, x, target, **kw):
         return x
 
-    register_method("variant_a_test", family="gradient", fn=impl)
-    register_method("variant_b_test", family="gradient", postprocess=("abs_sum",), fn=impl)
+    register_method("variant_a_test", family="gradient")(impl)
+    register_method("variant_b_test", family="gradient", postprocess=("abs_sum",))(impl)
     try:
         assert METHODS.get("variant_a_test").obj is METHODS.get("variant_b_test").obj
     finally:

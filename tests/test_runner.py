@@ -202,7 +202,7 @@ def test_postprocess_aliases_share_one_method_call(toy_cfg, tmp_path):
         calls.append(x.shape[0])
         return grad_x_input(model, x, target)
 
-    register_method("toy_counted", family="gradient", fn=counting)
+    register_method("toy_counted", family="gradient")(counting)
     try:
         toy_cfg.methods = ["toy_counted", "toy_counted_k3", "toy_counted_k5"]
         toy_cfg.method_params["toy_counted_k3"] = {"base": "toy_counted", "postprocess": ["sum", "gauss:3"]}

@@ -35,6 +35,6 @@ def center_map(model: nn.Module, x: Tensor, target: Tensor, *, sigma: float = 0.
 
 
 register_method("random", family="baseline", paper="sanity baseline",
-                postprocess=("sum",), stochastic=True, fn=random_map)
+                postprocess=("sum",), stochastic=True)(random_map)
 register_method("center", family="baseline", paper="sanity baseline (centre bias)",
-                defaults={"sigma": 0.25}, postprocess=("sum",), fn=center_map)
+                defaults={"sigma": 0.25}, postprocess=("sum",))(center_map)

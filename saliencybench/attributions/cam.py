@@ -194,17 +194,17 @@ def ablationcam(model: nn.Module, x: Tensor, target: Tensor, *, layer: str | Non
 
 _LAYER = {"layer": None}
 register_method("gradcam", family="cam", paper="Selvaraju et al. 2017; Rao et al. 2022; Jeon et al. 2022",
-                defaults=_LAYER, postprocess=("sum",), fn=gradcam)
+                defaults=_LAYER, postprocess=("sum",))(gradcam)
 register_method("gradcam_pp", family="cam", paper="Chattopadhyay et al. 2018",
-                defaults=_LAYER, postprocess=("sum",), fn=gradcam_pp)
+                defaults=_LAYER, postprocess=("sum",))(gradcam_pp)
 register_method("layercam", family="cam", paper="Jiang et al. 2021; Rao et al. 2022",
-                defaults=_LAYER, postprocess=("sum",), fn=layercam)
+                defaults=_LAYER, postprocess=("sum",))(layercam)
 register_method("scorecam", family="cam",
                 paper="Wang et al. 2020 (Algorithm 1; github:haofanwang/Score-CAM); Rao et al. 2022",
-                defaults=_LAYER, postprocess=("sum",), fn=scorecam)
+                defaults=_LAYER, postprocess=("sum",))(scorecam)
 register_method("scorecam_pgc", family="cam",
                 paper="pytorch-grad-cam's ScoreCAM (softmax across channels; a library variant "
                       "of Wang et al. 2020)",
-                defaults=_LAYER, postprocess=("sum",), fn=scorecam_pgc)
+                defaults=_LAYER, postprocess=("sum",))(scorecam_pgc)
 register_method("ablationcam", family="cam", paper="Desai & Ramaswamy 2020; Rao et al. 2022",
-                defaults=_LAYER, postprocess=("sum",), fn=ablationcam)
+                defaults=_LAYER, postprocess=("sum",))(ablationcam)

@@ -118,4 +118,4 @@ def deeplift(model: nn.Module, x: Tensor, target: Tensor, *,
 register_method("deeplift", family="gradient",
                 paper="Shrikumar et al. 2017 (Rescale); baseline in Otsuki et al. 2024 Table B, "
                       "Jeon et al. 2022 Table 3",
-                postprocess=("sum",), conservation="completeness", fn=deeplift)
+                postprocess=("sum",), conservation="completeness")(deeplift)

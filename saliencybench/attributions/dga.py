@@ -61,8 +61,8 @@ def dga(model: nn.Module, x: Tensor, target: Tensor, *, steps: int = 30, epc_qua
 _PAPER = "Jeon, Jeong, Choi 2022 (NeurIPS), supp. Alg. F"
 _DEFAULTS = {"steps": 30, "epc_quantile": 0.9, "local": "uniform_fullgrad"}
 register_method("dga", family="gradient", paper=_PAPER, defaults={**_DEFAULTS, "masks": "both"},
-                postprocess=("sum",), fn=dga)
+                postprocess=("sum",))(dga)
 register_method("dga_w", family="gradient", paper=f"{_PAPER}; supp. Table 2 (WC only)",
-                defaults={**_DEFAULTS, "masks": "wc"}, postprocess=("sum",), fn=dga)
+                defaults={**_DEFAULTS, "masks": "wc"}, postprocess=("sum",))(dga)
 register_method("dga_e", family="gradient", paper=f"{_PAPER}; supp. Table 2 (EPC only)",
-                defaults={**_DEFAULTS, "masks": "epc"}, postprocess=("sum",), fn=dga)
+                defaults={**_DEFAULTS, "masks": "epc"}, postprocess=("sum",))(dga)

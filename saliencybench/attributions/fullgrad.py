@@ -115,7 +115,7 @@ def uniform_fullgrad(model: nn.Module, x: Tensor, target: Tensor) -> Tensor:
 
 
 register_method("fullgrad", family="gradient", paper="Srinivas & Fleuret 2019; baseline in Jeon et al. 2022",
-                postprocess=("sum",), fn=fullgrad)
+                postprocess=("sum",))(fullgrad)
 register_method("uniform_fullgrad", family="gradient",
                 paper="Jeon et al. 2022 (DGA), UniformFullGrad post-processing of bias-gradients",
-                postprocess=("sum",), fn=uniform_fullgrad)
+                postprocess=("sum",))(uniform_fullgrad)

@@ -185,22 +185,22 @@ _RAO = "Rao, Böhle, Schiele 2022 (CVPR), supp. H"
 _LEE = "Lee & Chang, Attribution Mask"
 
 register_method("saliency", family="gradient", paper=f"Simonyan et al. 2014; {_RAO} (absolute value)",
-                postprocess=("abs_sum",), fn=gradient,
-                description="absolute gradient of the target logit, summed over channels")
+                postprocess=("abs_sum",),
+                description="absolute gradient of the target logit, summed over channels")(gradient)
 register_method("ixg", family="gradient", paper=f"Shrikumar et al. 2016; {_RAO}",
-                postprocess=("sum",), fn=input_x_gradient)
+                postprocess=("sum",))(input_x_gradient)
 register_method("s_ixg", family="gradient", paper="Rao, Böhle, Schiele 2022 §5.2 (S-IxG)",
-                postprocess=("sum", "gauss:9"), fn=input_x_gradient,
+                postprocess=("sum", "gauss:9"),
                 description="IxG smoothed with a Gaussian of kernel K, std K/4 (override "
-                            "postprocess=['sum','gauss:K'] for another K)")
+                            "postprocess=['sum','gauss:K'] for another K)")(input_x_gradient)
 register_method("gxsi", family="gradient", paper=f"{_LEE}, Eq. 13",
-                postprocess=("sum",), fn=gradient_x_sign_input)
+                postprocess=("sum",))(gradient_x_sign_input)
 register_method("pgxi", family="gradient", paper=_LEE,
-                postprocess=("sum",), fn=positive_gradient_x_input)
+                postprocess=("sum",))(positive_gradient_x_input)
 register_method("guided_backprop", family="gradient", paper=f"Springenberg et al. 2015; {_RAO}",
-                postprocess=("abs_sum",), fn=guided_backprop)
+                postprocess=("abs_sum",))(guided_backprop)
 register_method("smoothgrad", family="gradient",
                 paper="Smilkov et al. 2017; Rao, Böhle, Schiele 2022 supp. G (15 samples)",
                 defaults={"base": "saliency", "n_samples": 15, "noise_level": 0.15},
-                postprocess=("abs_sum",), stochastic=True, fn=smoothgrad,
-                description="mean raw gradient over noisy copies, then |.| summed over channels")
+                postprocess=("abs_sum",), stochastic=True,
+                description="mean raw gradient over noisy copies, then |.| summed over channels")(smoothgrad)

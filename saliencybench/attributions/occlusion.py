@@ -98,4 +98,4 @@ def occlusion(model: nn.Module, x: Tensor, target: Tensor, *, window: int | None
 
 register_method("occlusion", family="perturbation",
                 paper="Zeiler & Fergus 2014; Rao et al. 2022 supp. H (K=16 s=8 input, K=5 s=2 layers)",
-                defaults={"window": None, "stride": None}, postprocess=("sum",), fn=occlusion)
+                defaults={"window": None, "stride": None}, postprocess=("sum",))(occlusion)

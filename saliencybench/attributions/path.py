@@ -186,13 +186,12 @@ _RAO = "Rao, Böhle, Schiele 2022 (20 steps); Lee & Chang (50 steps)"
 register_method("integrated_gradients", family="path",
                 paper=f"Sundararajan et al. 2017; {_RAO}",
                 defaults={"steps": 50, "method": "gausslegendre"}, postprocess=("sum",),
-                conservation="completeness", fn=integrated_gradients)
+                conservation="completeness")(integrated_gradients)
 register_method("s_intgrad", family="path", paper="Rao, Böhle, Schiele 2022 §5.2 (S-IntGrad)",
                 defaults={"steps": 20, "method": "gausslegendre"}, postprocess=("sum", "gauss:9"),
-                fn=integrated_gradients,
                 description="IntGrad smoothed with a Gaussian of kernel K, std K/4 (override "
-                            "postprocess=['sum','gauss:K'] for another K)")
+                            "postprocess=['sum','gauss:K'] for another K)")(integrated_gradients)
 register_method("guided_ig", family="path",
                 paper="Kapishnikov et al. 2021; compared in Jeon et al. 2022 (DGA)",
                 defaults={"steps": 200, "fraction": 0.25, "max_dist": 0.02},
-                postprocess=("sum",), fn=guided_integrated_gradients)
+                postprocess=("sum",))(guided_integrated_gradients)

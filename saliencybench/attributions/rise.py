@@ -112,4 +112,4 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
 register_method("rise", family="perturbation",
                 paper="Petsiuk et al. 2018; Rao et al. 2022 supp. H (N=1000, s=6, p1=0.1)",
                 defaults={"n_masks": 1000, "grid": 6, "p1": 0.1},
-                postprocess=("sum",), stochastic=True, fn=rise)
+                postprocess=("sum",), stochastic=True)(rise)

@@ -256,7 +256,6 @@ def register_method(
     stochastic: bool = False,
     conservation: str | None = None,
     description: str = "",
-    fn: Callable[..., Any] | None = None,
 ) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register an attribution method ``fn(model, x, target, **kw) -> Tensor``.
 
@@ -271,10 +270,11 @@ def register_method(
         stochastic: takes randomness from the ``generator`` keyword.
         conservation: "lrp" or "completeness" when the method claims a conservation
             property (the conservation_error metric only scores those).
-        fn: register this function directly instead of decorating (for variants that
-            share one implementation).
 
-    The entry's ``layer_capable`` (read by the localization report) is derived from ``fn``:
+    Variants that share one implementation call the decorator directly:
+    ``register_method("s_ixg", family="gradient", postprocess=("sum", "gauss:9"))(input_x_gradient)``.
+
+    The entry's ``layer_capable`` (read by the localization report) is derived from the function:
     True when it accepts a ``layer`` keyword (a layer attribution, ``layer=<module name>``).
     """
 
@@ -293,8 +293,6 @@ def register_method(
                     description_doc=(f.__doc__ or "").strip().split("\n")[0])
         return f
 
-    if fn is not None:
-        wrap(fn)
     return wrap
 
 

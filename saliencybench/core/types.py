@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any, Callable, Sequence
 
 import torch
@@ -63,6 +63,7 @@ class Batch:
         return int(self.x.shape[0])
 
 
+@dataclass(eq=False, repr=False)
 class SampleSet:
     """An indexable set of evaluation samples.
 
@@ -78,35 +79,30 @@ class SampleSet:
       base classifier); None (the default) evaluates the model as it is.
     """
 
+    x: Tensor
+    y: Tensor
+    _: KW_ONLY
+    normalization: Normalization
+    num_classes: int
+    sample_ids: Sequence[str] | None = None
+    mask: Tensor | None = None
+    name: str = ""
+    class_names: Sequence[str] | None = None
+    info: dict[str, Any] | None = None
     #: The model wrapper these samples need (None: none); set by the dataset that builds them.
     wrap_model: Callable[[torch.nn.Module], torch.nn.Module] | None = None
 
-    def __init__(
-        self,
-        x: Tensor,
-        y: Tensor,
-        *,
-        normalization: Normalization,
-        num_classes: int,
-        sample_ids: Sequence[str] | None = None,
-        mask: Tensor | None = None,
-        name: str = "",
-        class_names: Sequence[str] | None = None,
-        info: dict[str, Any] | None = None,
-    ) -> None:
-        if x.ndim != 4:
-            raise ValueError(f"x must be (N,C,H,W), got shape {tuple(x.shape)}")
-        if y.shape[0] != x.shape[0]:
+    def __post_init__(self) -> None:
+        if self.x.ndim != 4:
+            raise ValueError(f"x must be (N,C,H,W), got shape {tuple(self.x.shape)}")
+        if self.y.shape[0] != self.x.shape[0]:
             raise ValueError("x and y have different lengths")
-        self.x = x
-        self.y = y.long()
-        self.mask = mask
-        self.normalization = normalization
-        self.num_classes = int(num_classes)
-        self.sample_ids = list(sample_ids) if sample_ids is not None else [f"{i:06d}" for i in range(len(y))]
-        self.name = name
-        self.class_names = list(class_names) if class_names is not None else None
-        self.info = dict(info or {})
+        self.y = self.y.long()
+        self.num_classes = int(self.num_classes)
+        n = len(self.y)
+        self.sample_ids = list(self.sample_ids) if self.sample_ids is not None else [f"{i:06d}" for i in range(n)]
+        self.class_names = list(self.class_names) if self.class_names is not None else None
+        self.info = dict(self.info or {})
 
     @property
     def image_size(self) -> tuple[int, int]:
@@ -130,13 +126,11 @@ class SampleSet:
 
     def subset(self, indices: Sequence[int]) -> "SampleSet":
         b = self.get(indices)
-        out = SampleSet(
+        return SampleSet(
             b.x, b.y, normalization=self.normalization, num_classes=self.num_classes,
             sample_ids=b.sample_ids, mask=b.mask, name=self.name,
-            class_names=self.class_names, info=self.info,
+            class_names=self.class_names, info=self.info, wrap_model=self.wrap_model,
         )
-        out.wrap_model = self.wrap_model
-        return out
 
 
 AttributeFn = Callable[..., Tensor]

@@ -143,8 +143,8 @@ _VARIANTS: list[tuple[str, dict[str, Any], tuple[str, ...], str]] = [
 for _name, _over, _post, _desc in _VARIANTS:
     register_method(
         _name, family="lrp", paper=PAPER, defaults={**_RESNET, **_over},
-        postprocess=_post, conservation="lrp", description=_desc, fn=lrp_for_resnet,
-    )
+        postprocess=_post, conservation="lrp", description=_desc,
+    )(lrp_for_resnet)
 
 register_method(
     "lrp_epsilon", family="lrp", paper="Bach et al. 2015; Otsuki et al. 2024 Table 1 'LRP'",
@@ -152,8 +152,7 @@ register_method(
     description="LRP epsilon rule (eps=1e-6, bias in the denominator) on every conv / linear "
     "layer (BN folded into it), standard sum rule at residual merges. Otsuki et al. 2024 Table 1 / Table C "
     "'LRP (eps rule)'.",
-    fn=lrp,
-)
+)(lrp)
 for _name in ("lrp_zplus", "lrp_alpha1beta0"):
     register_method(
         _name, family="lrp", paper="Bach et al. 2015; Montavon et al. 2017",
@@ -161,13 +160,11 @@ for _name in ("lrp_zplus", "lrp_alpha1beta0"):
         description="LRP z+ = alpha1beta0 rule (positive contributions, no bias) on every conv / "
         "linear layer (BN folded into it), standard sum rule at residual merges (zennit ZPlus, "
         "zero bias).",
-        fn=lrp,
-    )
+    )(lrp)
 register_method(
     "lrp_mixture", family="lrp", paper="Otsuki et al. 2024 supp. Table C 'LRP (Mixture of rules)'",
     defaults={**_BASELINE, "rule": "mixture", "switch_block": 8},
     postprocess=("sum",), conservation="lrp",
     description="LRP rule mixture: epsilon after the 8th residual block, alpha1beta0 before "
     "(models without blocks: epsilon on linear layers). Otsuki et al. 2024 supp. Table C.",
-    fn=lrp,
-)
+)(lrp)
