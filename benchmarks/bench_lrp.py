@@ -3,7 +3,8 @@ available, else on the CPU.
 
 Compares, on the same batch and in one run: a plain input-gradient (saliency), our
 ``lrp_resnet`` (raw relevance, as the method returns it), and zennit's EpsilonPlusFlat
-composite with its ResNetCanonizer. Target (issue): lrp_resnet <= 1.5x saliency.
+composite with its ResNetCanonizer. Target (issue 18): lrp_resnet <= 1.3x saliency; the
+side-by-side table of that and the other speed ratios: ``python benchmarks/proxies.py``.
 Run: ``python -m pytest benchmarks/bench_lrp.py --benchmark-only`` (about 5 minutes on 2 cores);
 the ratios are printed at the end of the module.
 """

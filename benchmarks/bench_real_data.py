@@ -5,15 +5,10 @@ Run: python -m pytest benchmarks/bench_real_data.py --benchmark-only -q
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-from fixtures_real import write_image  # noqa: E402
-
-from saliencybench.datasets.imagenet import eval_transform, load_images  # noqa: E402
+from helpers.real_data import write_image
+from saliencybench.datasets.imagenet import eval_transform, load_images
 
 
 @pytest.fixture(scope="module")

@@ -4,30 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch import nn
+
+from helpers.models import TinyCNN
+from saliencybench.core.registry import DATASETS, METHODS, METRICS, MODELS, populate
 
 torch.set_num_threads(max(1, min(2, torch.get_num_threads())))
 
 
-class TinyCNN(nn.Module):
-    """conv-relu-pool x2 + linear; no reused modules; 3x32x32 -> 5 classes."""
-
-    def __init__(self, num_classes: int = 5) -> None:
-        super().__init__()
-        self.features = nn.Sequential(
-            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-            nn.Conv2d(8, 16, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
-        )
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(16, num_classes)
-        self.sb_layers = {"input": None, "middle": "features.2", "final": "features.4", "cam": "features.4"}
-
-    def forward(self, x):
-        return self.fc(self.pool(self.features(x)).flatten(1))
-
-
 @pytest.fixture
-def tiny_cnn() -> nn.Module:
+def tiny_cnn() -> torch.nn.Module:
     torch.manual_seed(0)
     return TinyCNN().eval()
 
@@ -38,3 +23,14 @@ def tiny_batch() -> tuple[torch.Tensor, torch.Tensor]:
     x = torch.randn(4, 3, 32, 32, generator=g)
     y = torch.tensor([0, 1, 2, 3])
     return x, y
+
+
+@pytest.fixture(autouse=True)
+def isolated_registries():
+    """Whatever a test registers is gone after it; the built-ins and the registrations that test
+    modules make at import time stay. Tests never add to or remove from the registries by hand."""
+    populate()
+    saved = [(reg, reg.snapshot()) for reg in (METHODS, METRICS, DATASETS, MODELS)]
+    yield
+    for reg, snap in saved:
+        reg.restore(snap)

@@ -84,9 +84,17 @@ class Registry(Generic[T]):
         return entry
 
     def remove(self, name: str) -> None:
-        """Unregister ``name`` (used by tests and plugin reloads)."""
+        """Unregister ``name``."""
         self._entries.pop(name, None)
         self._dynamic.pop(name, None)
+
+    def snapshot(self) -> tuple[dict[str, Entry[T]], dict[str, Entry[T]]]:
+        """The current entries, for :meth:`restore` (tests undo their registrations with it)."""
+        return dict(self._entries), dict(self._dynamic)
+
+    def restore(self, snap: tuple[dict[str, Entry[T]], dict[str, Entry[T]]]) -> None:
+        """Put back the entries of a :meth:`snapshot`; later registrations are dropped."""
+        self._entries, self._dynamic = dict(snap[0]), dict(snap[1])
 
     def add_prefix(self, prefix: str, resolve: Callable[[str], Entry[T]], *, describe: Callable[[], str],
                    names: Callable[[str], list[str]] | None = None) -> None:
