@@ -58,7 +58,21 @@ def _describe(what: str, meta: dict) -> tuple[str, str]:
         if isinstance(acc, (int, float)):
             info += f" held-out accuracy={acc:.3f}"
         return info, meta.get("description", "")
-    return meta.get("description", ""), ""
+    return _describe_dataset(meta)
+
+
+def _describe_dataset(meta: dict) -> tuple[str, str]:
+    """Classes, masks, default split and where a real dataset's root comes from."""
+    parts = [f"[{meta['kind']}]"] if meta.get("kind") else []
+    if meta.get("num_classes"):
+        parts.append(f"{meta['num_classes']} classes")
+    if meta.get("has_mask"):
+        parts.append("masks")
+    if meta.get("default_split"):
+        parts.append(f"split={meta['default_split']}")
+    if meta.get("env_var"):
+        parts.append(f"root=${meta['env_var']}")
+    return " ".join(parts), meta.get("description") or meta.get("paper", "")
 
 
 def _list_prefixed(reg, pattern: str) -> bool:
