@@ -81,7 +81,8 @@ def test_metric_family_speed(benchmark, family):
         ctx = EvalContext(model=model, batch=Batch(x, y, [str(i) for i in range(B)], mask), target=y,
                           normalization=IDENTITY_NORMALIZATION, num_classes=8, method=method,
                           method_meta={**entry.meta, "params": entry.meta["defaults"], "name": method},
-                          attribute=lambda xx, tt, reduce=True, **kw: compute_attribution(entry, model, xx, tt, reduce=reduce))
+                          attribute=lambda xx, tt, reduce=True, **kw: compute_attribution(
+                              entry, model, xx, tt, reduce=reduce))
         groups = {}
         for m in metrics:
             if m.applies_to(ctx.method_meta):
