@@ -127,6 +127,29 @@ def test_fused_denominator_equals_separate_convolutions():
     assert rules.Alpha1Beta0().denominator_kernel(conv) is None
 
 
+@pytest.mark.parametrize("method", ["lrp_resnet_noquant", "lrp_resnet_mixture"])
+def test_fused_forward_equals_the_separate_passes(monkeypatch, method):
+    """The CUDA path (layer kernel stacked on the z+ kernel, one convolution), run on the CPU."""
+    model = _resnet18()
+    x, t = _input(2, 32)
+    params = sb.METHODS.get(method).meta["defaults"]
+    plain = lrp_relevance(model, x, t, **params)
+    keep = engine._outputs_to_keep
+    fused_nodes = []
+
+    def fused(nodes, comp, n_blocks, input_node, fuse_kernels):
+        out = keep(nodes, comp, n_blocks, input_node, True)
+        fused_nodes.extend(out[2])
+        return out
+
+    monkeypatch.setattr(engine, "_outputs_to_keep", fused)
+    ours = lrp_relevance(model, x, t, **params)
+    assert len(fused_nodes) > 10
+    assert torch.allclose(ours.relevance, plain.relevance, rtol=1e-4, atol=1e-6 * float(plain.relevance.abs().max()))
+    for k in plain.checkpoints:
+        assert torch.allclose(ours.checkpoints[k], plain.checkpoints[k], rtol=1e-5, equal_nan=True)
+
+
 def _per_mask_crop(seeds, n, grid, p1, size):
     """The straightforward RISE masks: one crop per mask (Petsiuk et al. 2018 §3.2)."""
     H, W = size
