@@ -98,7 +98,7 @@ class RatioSplit(Split):
 
     def __call__(self, r: Tensor, h_skip: Tensor, h_main: Tensor) -> tuple[Tensor, Tensor]:
         a_s = h_skip.abs()
-        frac = torch.nan_to_num(a_s / (a_s + h_main.abs()), nan=0.5)  # both zero somewhere: halve there
+        frac = (a_s / (a_s + h_main.abs())).nan_to_num_(nan=0.5)  # both zero somewhere: halve there
         r_s = r * frac
         return r_s, r - r_s
 
