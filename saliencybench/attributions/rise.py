@@ -33,20 +33,29 @@ def rise_masks(seeds: Sequence[int], n_masks: int, grid: int, p1: float, size: t
     mask i of sample b depend only on (seed_b, i), so batching never changes a mask.
     """
     stop = n_masks if stop is None else stop
+    return masks_from_draws(mask_draws(seeds, n_masks, grid, device)[:, start:stop], grid, p1, size)
+
+
+def mask_draws(seeds: Sequence[int], n_masks: int, grid: int, device: torch.device | str) -> Tensor:
+    """The uniform draws of every mask, (B, n_masks, grid^2 + 2) float64: drawn on the CPU from
+    the per-sample seeds (the same numbers on every device), moved to ``device`` once."""
+    return per_sample_rand(seeds, (n_masks, grid * grid + 2), "cpu", torch.float64).to(device)
+
+
+def masks_from_draws(draws: Tensor, grid: int, p1: float, size: tuple[int, int]) -> Tensor:
+    """Masks (B, n, 1, H, W) from their draws (B, n, grid^2 + 2) (:func:`rise_masks`), on the
+    draws' device: one threshold, one bilinear upsampling and one two-step crop for all."""
     H, W = size
     ch, cw = math.ceil(H / grid), math.ceil(W / grid)
-    draws = per_sample_rand(seeds, (n_masks, grid * grid + 2), "cpu", torch.float64)
-    draws = draws[:, start:stop].to(device)
     b, n = draws.shape[:2]
     cells = (draws[..., : grid * grid] < p1).to(torch.float32).view(b * n, 1, grid, grid)
     up = F.interpolate(cells, size=((grid + 1) * ch, (grid + 1) * cw), mode="bilinear",
                        align_corners=False)
-    dy = (draws[..., -2] * ch).long().clamp(max=ch - 1).view(-1)
-    dx = (draws[..., -1] * cw).long().clamp(max=cw - 1).view(-1)
-    rows = (dy.view(-1, 1) + torch.arange(H, device=device)).view(-1, 1, H, 1).expand(-1, 1, H, W)
-    cols = (dx.view(-1, 1) + torch.arange(W, device=device)).view(-1, 1, 1, W).expand(-1, 1, H, W)
-    flat_idx = rows * up.shape[-1] + cols
-    crop = up.flatten(2).gather(2, flat_idx.flatten(2)).view(b * n, 1, H, W)
+    dy = (draws[..., -2] * ch).long().clamp(max=ch - 1).view(-1, 1, 1, 1)
+    dx = (draws[..., -1] * cw).long().clamp(max=cw - 1).view(-1, 1, 1, 1)
+    rows = dy + torch.arange(H, device=draws.device).view(1, 1, H, 1)
+    cols = dx + torch.arange(W, device=draws.device).view(1, 1, 1, W)
+    crop = up.gather(2, rows.expand(-1, 1, H, up.shape[-1])).gather(3, cols.expand(-1, 1, H, W))
     return crop.view(b, n, 1, H, W)
 
 
@@ -87,26 +96,38 @@ def rise(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int], n
         act = x
     b = x.shape[0]
     size = (int(act.shape[-2]), int(act.shape[-1]))
-    sal = torch.zeros(b, 1, *size, dtype=act.dtype, device=x.device)
+    draws = mask_draws(seeds, n_masks, grid, x.device)
+    if name is None:  # masked copies inherit the layout: channels-last on CPU
+        act = fast_layout(act)
+    sal = torch.zeros(b, 1, size[0] * size[1], dtype=act.dtype, device=x.device)
     for lo in range(0, n_masks, mask_chunk):
-        hi = min(lo + mask_chunk, n_masks)
-        masks = rise_masks(seeds, n_masks, grid, p1, size, x.device, lo, hi).to(act.dtype)
-        n = hi - lo
-        probs = torch.empty(b, n, dtype=act.dtype, device=x.device)
-        flat_masks = masks.flatten(0, 1)
-        bi = torch.arange(b, device=x.device).repeat_interleave(n)
-        for s in range(0, b * n, internal_batch_size):
-            sl = slice(s, s + internal_batch_size)
-            masked = act[bi[sl]] * flat_masks[sl]
-            if name is None:
-                out = model(fast_layout(masked))
-            else:
-                with replace_layer_output(model, name, lambda _o, masked=masked: masked):
-                    out = model(x[:1])
-            p = class_probabilities(model, out.float()).to(act.dtype)
-            probs.view(-1)[sl] = p.gather(1, target[bi[sl]].view(-1, 1)).squeeze(1)
-        sal += (probs.view(b, n, 1, 1, 1) * masks).sum(1)
+        masks = masks_from_draws(draws[:, lo:lo + mask_chunk], grid, p1, size).to(act.dtype)
+        probs = _masked_probs(model, (act, x, target), masks, name, internal_batch_size)
+        sal += torch.bmm(probs.unsqueeze(1), masks.flatten(2))  # sum_i p_i M_i per sample
+    sal = sal.view(b, 1, *size)
     return sal / (n_masks * p1)
+
+
+def _masked_probs(model: nn.Module, inputs: tuple[Tensor, Tensor, Tensor], masks: Tensor, name: str | None,
+                  internal_batch_size: int) -> Tensor:
+    """(B, n) target probabilities of the activations / inputs ``act`` times each mask (B, n, 1, H, W),
+    ``internal_batch_size`` masked copies per forward; ``inputs`` = (act, x, target)."""
+    act, x, target = inputs
+    b, n = masks.shape[:2]
+    probs = torch.empty(b, n, dtype=act.dtype, device=x.device)
+    flat_masks = masks.flatten(0, 1)
+    bi = torch.arange(b, device=x.device).repeat_interleave(n)
+    for s in range(0, b * n, internal_batch_size):
+        sl = slice(s, s + internal_batch_size)
+        masked = act[bi[sl]] * flat_masks[sl]
+        if name is None:
+            out = model(fast_layout(masked))
+        else:
+            with replace_layer_output(model, name, lambda _o, masked=masked: masked):
+                out = model(x[:1])
+        p = class_probabilities(model, out.float()).to(act.dtype)
+        probs.view(-1)[sl] = p.gather(1, target[bi[sl]].view(-1, 1)).squeeze(1)
+    return probs
 
 
 register_method("rise", family="perturbation",

@@ -14,13 +14,10 @@ canonizers, which rewrite a model into a form the rules apply to).
 
 from __future__ import annotations
 
-import weakref
-from typing import Any
-
 import torch
 from torch import Tensor, nn
 
-from saliencybench.attributions.lrp.rules import Rule, _stabilize
+from saliencybench.attributions.lrp.rules import Rule, WeightCache, _stabilize
 from saliencybench.models.nib import NIBBatchNorm2d
 
 #: layers that pass relevance unchanged (BatchNorm without folding, NIB's BatchNorm, dropout)
@@ -37,30 +34,27 @@ def foldable_bn(conv: nn.Module, bn: nn.Module) -> bool:
             and bn.running_mean is not None)
 
 
-_FOLDED: dict[int, tuple[Any, tuple, Tensor, Tensor]] = {}
+_FOLDED = WeightCache()
+
+
+def _fold(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
+    scale = torch.rsqrt(bn.running_var + bn.eps)
+    if bn.weight is not None:
+        scale = scale * bn.weight
+    w = conv.weight * scale.view(-1, 1, 1, 1)
+    b = -bn.running_mean * scale
+    if conv.bias is not None:
+        b = b + conv.bias * scale
+    if bn.bias is not None:
+        b = b + bn.bias
+    return w.detach(), b.detach()
 
 
 def folded_params(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> tuple[Tensor, Tensor]:
-    """Conv weight and bias with the eval-mode BN folded in, cached until a tensor changes."""
-    ts = [conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var]
-    key = tuple((t._version, t.data_ptr(), t.dtype, t.device) if t is not None else None for t in ts)
-    hit = _FOLDED.get(id(conv))
-    if hit is not None and hit[0]() is conv and hit[1] == key:
-        return hit[2], hit[3]
-    with torch.no_grad():
-        scale = torch.rsqrt(bn.running_var + bn.eps)
-        if bn.weight is not None:
-            scale = scale * bn.weight
-        w = conv.weight * scale.view(-1, 1, 1, 1)
-        b = -bn.running_mean * scale
-        if conv.bias is not None:
-            b = b + conv.bias * scale
-        if bn.bias is not None:
-            b = b + bn.bias
-    if hit is None or hit[0]() is not conv:
-        weakref.finalize(conv, _FOLDED.pop, id(conv), None)
-    _FOLDED[id(conv)] = (weakref.ref(conv), key, w.detach(), b.detach())
-    return w, b
+    """Conv weight and bias with the eval-mode BN folded in, cached until a tensor changes
+    (:class:`~saliencybench.attributions.lrp.rules.WeightCache`)."""
+    ts = (conv.weight, conv.bias, bn.weight, bn.bias, bn.running_mean, bn.running_var)
+    return _FOLDED.get(conv, ts, lambda: _fold(conv, bn), extra=(id(bn), bn.eps))
 
 
 def folded_proxy(conv: nn.Conv2d, bn: nn.Module) -> nn.Conv2d:
@@ -104,9 +98,7 @@ class RatioSplit(Split):
 
     def __call__(self, r: Tensor, h_skip: Tensor, h_main: Tensor) -> tuple[Tensor, Tensor]:
         a_s = h_skip.abs()
-        frac = a_s / (a_s + h_main.abs())
-        if not bool(torch.isfinite(frac.sum())):  # both zero somewhere: halve there
-            frac = torch.nan_to_num(frac, nan=0.5)
+        frac = (a_s / (a_s + h_main.abs())).nan_to_num_(nan=0.5)  # both zero somewhere: halve there
         r_s = r * frac
         return r_s, r - r_s
 

@@ -16,8 +16,11 @@ unmodified (``stabilizer=0``) so conservation holds to float precision.
 
 from __future__ import annotations
 
+import math
 import weakref
-from typing import Any
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any, Callable, Iterator
 
 import torch
 import torch.nn.functional as F
@@ -53,23 +56,83 @@ def _vjp(fn, inputs: list[Tensor], grad_out: Tensor) -> tuple[Tensor, ...]:
         return torch.autograd.grad(out, leaves, grad_out)
 
 
-_WPOS: dict[int, tuple[Any, tuple, Tensor]] = {}
+def _transposed(module: nn.Module, h: Tensor, weight: Tensor, s: Tensor) -> Tensor:
+    """``J^T s`` of ``h -> _apply_linear(module, h, weight, None)``: the same kernel autograd calls
+    (``convolution_backward`` / a matrix product), without building a graph (only ``h``'s shape
+    and layout are read)."""
+    if isinstance(module, nn.Linear):
+        return s.matmul(weight)
+    if isinstance(module.padding, str):  # padding="same" / "valid": let autograd resolve it
+        (c,) = _vjp(lambda t: _apply_linear(module, t, weight, None), [h], s)
+        return c
+    nd = h.ndim - 2
+    return torch.ops.aten.convolution_backward(
+        s, h, weight, None, module.stride, module.padding, module.dilation, False, [0] * nd,
+        module.groups, [True, False, False])[0]
+
+
+def _stamp(t: Tensor | None) -> tuple | None:
+    """What changes when a tensor is updated in place (version) or replaced (storage)."""
+    return None if t is None else (t._version, t.data_ptr(), t.dtype, t.device, tuple(t.shape))
+
+
+class WeightCache:
+    """Values derived from parameters (clamped, folded kernels), computed once per owner module /
+    parameter and reused until one of its tensors changes: an in-place update (optimizer step,
+    ``load_state_dict``, ``copy_`` under ``no_grad``) bumps the tensor's version, a new tensor
+    changes the storage. The entry dies with its owner (weakref finalizer), so models are not
+    kept alive. (Writes through ``param.data`` bypass the version counter and are not seen.)"""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, tuple[Any, tuple, Any]] = {}
+
+    def get(self, owner: Any, tensors: tuple[Tensor | None, ...], compute: Callable[[], Any], extra: Any = None) -> Any:
+        key = (extra, *(_stamp(t) for t in tensors))
+        hit = self._entries.get(id(owner))
+        if hit is not None and hit[0]() is owner and hit[1] == key:
+            return hit[2]
+        with torch.no_grad():
+            value = compute()
+        if hit is None or hit[0]() is not owner:
+            weakref.finalize(owner, self._entries.pop, id(owner), None)
+        self._entries[id(owner)] = (weakref.ref(owner), key, value)
+        return value
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+_WPOS = WeightCache()
+_ONES_Z = WeightCache()
 
 
 def positive_weight(weight: Tensor) -> Tensor:
-    """``max(0, W)`` (Otsuki et al. 2024 Eq. 2), cached per parameter until it changes (version, storage).
+    """``max(0, W)`` (Otsuki et al. 2024 Eq. 2), cached per parameter until it changes (:class:`WeightCache`)."""
+    return _WPOS.get(weight, (weight,), lambda: weight.detach().clamp(min=0))
 
-    The cache entry dies with the parameter (weakref finalizer), so models are not kept alive.
-    """
-    key = (weight._version, weight.data_ptr(), weight.dtype, weight.device, tuple(weight.shape))
-    hit = _WPOS.get(id(weight))
-    if hit is not None and hit[0]() is weight and hit[1] == key:
-        return hit[2]
-    w_pos = weight.detach().clamp(min=0)
-    if hit is None or hit[0]() is not weight:
-        weakref.finalize(weight, _WPOS.pop, id(weight), None)
-    _WPOS[id(weight)] = (weakref.ref(weight), key, w_pos)
-    return w_pos
+
+# --------------------------------------------------------------------------- deferred checks
+_CHECKS: ContextVar[list[Tensor] | None] = ContextVar("lrp_deferred_checks", default=None)
+
+
+@contextmanager
+def deferred_checks() -> Iterator[list[Tensor]]:
+    """Within the block, :func:`_safe_ratio` does not synchronise per layer: ``0 / 0`` becomes 0
+    on the device (as in the exact path) and the sums of the ratios are collected; the caller
+    reruns the pass outside the block unless :func:`all_finite` holds, i.e. unless some nonzero
+    relevance met a zero denominator (the flat fallback's case). Results are those of the
+    per-layer checks either way."""
+    checks: list[Tensor] = []
+    token = _CHECKS.set(checks)
+    try:
+        yield checks
+    finally:
+        _CHECKS.reset(token)
+
+
+def all_finite(checks: list[Tensor]) -> bool:
+    """True when every collected sum is finite (one host synchronisation)."""
+    return not checks or bool(torch.isfinite(torch.stack(checks)).all())
 
 
 def _stabilize(z: Tensor, eps: float) -> Tensor:
@@ -86,6 +149,11 @@ def _safe_ratio(r: Tensor, z: Tensor, eps: float) -> tuple[Tensor, Tensor | None
     """
     if eps > 0:  # the stabiliser decides; no fallback (zennit semantics)
         return r / _stabilize(z, eps), None
+    checks = _CHECKS.get()
+    if checks is not None:  # deferred (see deferred_checks): x / 0 stays infinite and is caught at the end
+        s = (r / z).nan_to_num_(nan=0.0, posinf=math.inf, neginf=-math.inf)  # in place: fewer ops
+        checks.append(s.sum())
+        return s, None
     s = r / z
     if bool(torch.isfinite(s.sum())):
         return s, None
@@ -108,15 +176,15 @@ def _flat_fallback(fn, h: Tensor, r: Tensor, zero: Tensor | None) -> Tensor | No
     return c
 
 
-def _zplus_relevance(module: nn.Module, h: Tensor, r_out: Tensor, stabilizer: float) -> tuple[Tensor, Tensor | None]:
-    """z+ on ``h`` as it is: ``R_i = h_i sum_j w_ji^+ R_j / z_j`` and the mask of zero ``z_j``."""
+def _zplus_relevance(module: nn.Module, h: Tensor, r_out: Tensor, stabilizer: float,
+                     z: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+    """z+ on ``h`` as it is: ``R_i = h_i sum_j w_ji^+ R_j / z_j`` and the mask of zero ``z_j``:
+    one convolution for ``z`` (unless given) and one transposed for the sum, no autograd graph."""
     w_pos = positive_weight(module.weight)
-    with torch.enable_grad():
-        leaf = h.detach().requires_grad_(True)
-        z = _apply_linear(module, leaf, w_pos, None)
-        s, zero = _safe_ratio(r_out, z.detach(), stabilizer)
-        (c,) = torch.autograd.grad(z, leaf, s)
-    return h * c, zero
+    with torch.no_grad():
+        z = _apply_linear(module, h, w_pos, None) if z is None else z
+        s, zero = _safe_ratio(r_out, z, stabilizer)
+        return h * _transposed(module, h, w_pos, s), zero
 
 
 def _with_flat_fallback(module: nn.Module, h: Tensor, r_out: Tensor, r_in: Tensor, zero: Tensor | None) -> Tensor:
@@ -131,6 +199,12 @@ class Rule:
 
     #: the rule divides by the layer's own forward output ``W h + b`` (the engine keeps it)
     needs_output = False
+
+    def denominator_kernel(self, module: nn.Module) -> Tensor | None:
+        """The kernel ``V`` when the rule's denominator is ``z = V h`` (no bias) on the layer's own
+        input: the engine may then compute ``z`` in the forward pass, stacked on the layer's kernel
+        (one convolution), and pass it as ``z_forward``. None: the rule computes what it needs."""
+        return None
 
     def relevance(self, module: nn.Module, h: Tensor, r_out: Tensor, z_forward: Tensor | None = None) -> Tensor:
         raise NotImplementedError
@@ -147,8 +221,11 @@ class ZPlus(Rule):
     def __init__(self, stabilizer: float = 0.0) -> None:
         self.stabilizer = stabilizer
 
+    def denominator_kernel(self, module: nn.Module) -> Tensor | None:
+        return positive_weight(module.weight) if type(self) is ZPlus else None
+
     def relevance(self, module: nn.Module, h: Tensor, r_out: Tensor, z_forward: Tensor | None = None) -> Tensor:
-        r_in, zero = _zplus_relevance(module, h, r_out, self.stabilizer)
+        r_in, zero = _zplus_relevance(module, h, r_out, self.stabilizer, z_forward)
         return _with_flat_fallback(module, h, r_out, r_in, zero)
 
 
@@ -202,10 +279,17 @@ class Epsilon(Rule):
 
 class WPlus(Rule):
     """z+ with the image replaced by ones (zero padding stays zero), the w+ rule:
-    ``R_i = sum_j w_ji^+ R_j / sum_i' w_ji'^+`` (official code of Otsuki et al. 2024)."""
+    ``R_i = sum_j w_ji^+ R_j / sum_i' w_ji'^+`` (official code of Otsuki et al. 2024). The
+    denominator depends on the weights and the input size only: computed once and cached."""
 
     def relevance(self, module: nn.Module, h: Tensor, r_out: Tensor, z_forward: Tensor | None = None) -> Tensor:
-        return ZPlus().relevance(module, torch.ones_like(h), r_out)
+        w_pos = positive_weight(module.weight)
+        z = _ONES_Z.get(module, (module.weight,), lambda: _apply_linear(module, torch.ones_like(h[:1]), w_pos, None),
+                        extra=(tuple(h.shape[1:]), h.dtype, h.device))
+        with torch.no_grad():
+            s, zero = _safe_ratio(r_out, z, 0.0)
+            r_in = _transposed(module, h, w_pos, s)
+        return _with_flat_fallback(module, torch.ones_like(h), r_out, r_in, zero)
 
 
 class Flat(Rule):
