@@ -145,10 +145,10 @@ def guided_backprop(model: nn.Module, x: Tensor, target: Tensor, *, layer: str |
 
 
 def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[int],
-               base: str = "saliency", n_samples: int = 15, noise_level: float = 0.15,
+               base: str = "saliency", noise_samples: int = 15, noise_level: float = 0.15,
                layer: str | None = None, **base_kw: Any) -> Tensor:
     """SmoothGrad (Smilkov et al. 2017; Rao et al. 2022 supp. G): mean of a gradient method's
-    raw maps over ``n_samples`` noisy copies ``x + N(0, sigma^2)`` with
+    raw maps over ``noise_samples`` noisy copies ``x + N(0, sigma^2)`` with
     ``sigma = noise_level * (max(x) - min(x))`` per sample.
 
     ``base`` is any registered method name (its raw output, before post-processing, is
@@ -156,11 +156,13 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[i
     batch equals single calls. Noisy copies are evaluated in chunks of
     ``internal_batch_size`` images (a keyword of smoothgrad itself, not passed to ``base``).
 
-    Defaults: ``base="saliency"`` (the gradient, as Smilkov et al. 2017 §2), ``n_samples=15``
+    Defaults: ``base="saliency"`` (the gradient, as Smilkov et al. 2017 §2), ``noise_samples=15``
     (Rao et al. 2022 supp. G, Fig. 26: 15 samples per input), ``noise_level=0.15`` (Smilkov et
     al. 2017 §3.2 recommend 10-20% of the input range), ``internal_batch_size=64`` (no effect
     on values), ``layer=None`` (the input).
     """
+    if "n_samples" in base_kw:  # the name of the dataset size in a suite: renamed to avoid the clash
+        raise TypeError("smoothgrad's number of noisy copies is 'noise_samples' (was 'n_samples')")
     internal_batch_size = base_kw.pop("internal_batch_size", 64)
     entry = METHODS.get(base)
     kw = dict(entry.meta.get("defaults", {}))
@@ -171,14 +173,14 @@ def smoothgrad(model: nn.Module, x: Tensor, target: Tensor, *, seeds: Sequence[i
         raise ValueError("smoothgrad needs a deterministic base method")
     b = x.shape[0]
     span = (x.flatten(1).amax(1) - x.flatten(1).amin(1)).view(b, 1, 1, 1, 1)
-    noise = per_sample_randn(seeds, (n_samples, *x.shape[1:]), x.device, x.dtype)
-    noisy = (x.unsqueeze(1) + noise_level * span * noise).reshape(b * n_samples, *x.shape[1:])
-    tgt = target.repeat_interleave(n_samples)
+    noise = per_sample_randn(seeds, (noise_samples, *x.shape[1:]), x.device, x.dtype)
+    noisy = (x.unsqueeze(1) + noise_level * span * noise).reshape(b * noise_samples, *x.shape[1:])
+    tgt = target.repeat_interleave(noise_samples)
     chunk = max(1, int(internal_batch_size))
     outs = [entry.obj(model, noisy[i:i + chunk], tgt[i:i + chunk], **kw).detach()
             for i in range(0, noisy.shape[0], chunk)]
     total = torch.cat(outs)
-    return total.view(b, n_samples, *total.shape[1:]).mean(1)
+    return total.view(b, noise_samples, *total.shape[1:]).mean(1)
 
 
 _RAO = "Rao, Böhle, Schiele 2022 (CVPR), supp. H"
@@ -201,6 +203,6 @@ register_method("guided_backprop", family="gradient", paper=f"Springenberg et al
                 postprocess=("abs_sum",))(guided_backprop)
 register_method("smoothgrad", family="gradient",
                 paper="Smilkov et al. 2017; Rao, Böhle, Schiele 2022 supp. G (15 samples)",
-                defaults={"base": "saliency", "n_samples": 15, "noise_level": 0.15},
+                defaults={"base": "saliency", "noise_samples": 15, "noise_level": 0.15},
                 postprocess=("abs_sum",), stochastic=True,
                 description="mean raw gradient over noisy copies, then |.| summed over channels")(smoothgrad)

@@ -20,7 +20,7 @@ def builtin_methods() -> list[str]:
 FAST = {
     "integrated_gradients": {"steps": 6},
     "s_intgrad": {"steps": 6},
-    "smoothgrad": {"n_samples": 3},
+    "smoothgrad": {"noise_samples": 3},
     "guided_ig": {"steps": 3},
     "dga": {"steps": 3},
     "dga_w": {"steps": 3},

@@ -128,7 +128,7 @@ def test_rise_masks_do_not_depend_on_chunking() -> None:
 def test_smoothgrad_without_noise_is_the_base_method() -> None:
     model = tiny_resnet()
     x, t = _x(2)
-    sg = _raw("smoothgrad", model, x, t, seeds=[0, 1], noise_level=0.0, n_samples=3, base="ixg")
+    sg = _raw("smoothgrad", model, x, t, seeds=[0, 1], noise_level=0.0, noise_samples=3, base="ixg")
     assert torch.allclose(sg, _raw("ixg", model, x, t), atol=1e-6)
 
 

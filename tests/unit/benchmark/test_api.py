@@ -74,7 +74,7 @@ def test_dataframe_equals_what_the_runner_writes(tmp_path):
     register_all()
     metrics = ["insertion", "deletion", "lerf", "mass_in_mask"]
     ins16 = {"base": "insertion", "pixels_per_step": 16}
-    sg4 = {"base": "smoothgrad", "n_samples": 4}
+    sg4 = {"base": "smoothgrad", "noise_samples": 4}
     cfg = SuiteConfig(name="api-eq", datasets=["toy"], models=["toy_net"],
                       methods=["saliency", "gradcam", "sg4", "toy_nan"], metrics=metrics + ["ins16"],
                       n_samples=12, batch_size=4, chunk_size=8, seed=3, device="cpu", figures=False,
