@@ -615,14 +615,17 @@ class Runner:
     def _eval_context(self, group: GroupJob, batch: Batch, target: Tensor) -> EvalContext:
         pair, method = group.chunk.pair, group.chunk.method
         seeds = [stable_seed(self.cfg.seed, method.name, sid) for sid in batch.sample_ids]
-        entry, overrides, model = method.entry, dict(method.overrides), pair.model
+        entry, overrides = method.entry, dict(method.overrides)
 
-        def attribute(x, tgt, reduce=True, _seeds=seeds, **kw):
+        def attribute(x, tgt, reduce=True, *, model=None, _seeds=seeds, **kw):
+            # model=: another network to explain with the same method and parameters (the
+            # randomised copies of the model-randomisation metrics, Adebayo et al. 2018, Sec. 3.1)
             params = {**overrides, **kw}
-            return compute_attribution(entry, model, x, tgt, params=params, seeds=_seeds, reduce=reduce)
+            net = pair.model if model is None else model
+            return compute_attribution(entry, net, x, tgt, params=params, seeds=_seeds, reduce=reduce)
 
         return EvalContext(
-            model=model, batch=batch, target=target, normalization=pair.samples.normalization,
+            model=pair.model, batch=batch, target=target, normalization=pair.samples.normalization,
             num_classes=pair.samples.num_classes, method=method.name, method_meta=method.meta,
             attribute=attribute, seed=self.cfg.seed, model_name=pair.model_name, dataset_name=pair.dataset,
             forward_counter=self.stats.forwards, max_batch=max(self.cfg.batch_size * 8, 64),

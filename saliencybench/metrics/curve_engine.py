@@ -31,12 +31,13 @@ from torch import Tensor
 
 from saliencybench.attributions.postprocess import gaussian_smooth
 from saliencybench.core.outputs import class_probabilities
-from saliencybench.core.seeding import per_sample_rand
+from saliencybench.core.seeding import per_sample_rand, per_sample_randn
 from saliencybench.core.tensors import autocast, fast_layout
 from saliencybench.core.types import Normalization
+from saliencybench.metrics.road import noisy_linear_impute
 
 KINDS = ("insertion", "deletion", "id_score", "lerf", "morf", "lerf_morf_gap")
-SUBSTRATES = ("black", "zero", "mean", "blur", "min")
+SUBSTRATES = ("black", "zero", "mean", "blur", "min", "road")
 TIES = ("random", "threshold", "stable")
 GRIDS = ("inclusive", "otsuki")
 AUCS = ("trapezoid", "uniform")
@@ -110,13 +111,15 @@ class CurveSettings:
 
 
 def make_substrate(name: str, x: Tensor, normalization: Normalization, *,
-                   blur_kernel: int = 11, blur_sigma: float = 5.0) -> Tensor:
+                   blur_kernel: int = 11, blur_sigma: float = 5.0, seeds: Sequence[int] | None = None) -> Tensor:
     """The image a perturbed unit takes its value from, (B,C,H,W) in normalised space.
 
     ``black``: pixel value 0 converted to normalised space (Otsuki et al.); ``zero``: 0 in
     normalised space (RISE deletion); ``mean``: per-sample, per-channel mean of x; ``blur``:
     Gaussian blur of x (RISE insertion, kernel 11, sigma 5, zero padding); ``min``: per-sample
-    minimum over all channels and pixels (what Quantus calls "black").
+    minimum over all channels and pixels (what Quantus calls "black"); ``road``: the per-sample
+    noise of ROAD's imputation (:func:`road_noise`, needs ``seeds``), which the engine completes
+    by the imputation itself (:func:`impute_road`).
     """
     if name == "black":
         return normalization.pixel_value(0.0, x)
@@ -128,6 +131,10 @@ def make_substrate(name: str, x: Tensor, normalization: Normalization, *,
         return gaussian_smooth(x, int(blur_kernel), float(blur_sigma))
     if name == "min":
         return x.flatten(1).amin(1).view(-1, 1, 1, 1).expand_as(x).contiguous()
+    if name == ROAD:
+        if seeds is None:
+            raise ValueError("the road substrate needs per-sample seeds for its noise")
+        return road_noise(x, seeds)
     raise ValueError(f"unknown substrate {name!r}")
 
 
@@ -308,6 +315,7 @@ class CurveEngine:
         sub_idx = torch.tensor([sub_of.get(k[0], 0) for k in keys], device=dev)
         keep = torch.tensor([k[1] for k in keys], device=dev)
         count = torch.tensor([k[2] for k in keys], device=dev, dtype=torch.int32)
+        road = torch.tensor([k[0] == ROAD for k in keys], device=dev) if ROAD in sub_of else None
         total = len(keys) * b
         flat = out[start:].view(-1)  # row-major (key, sample)
         for i0 in range(0, total, max(1, max_batch)):
@@ -316,8 +324,41 @@ class CurveEngine:
             t_idx, b_idx = idx // b, idx % b
             from_x = (rank_px[b_idx] < count[t_idx].view(-1, 1, 1, 1)) == keep[t_idx].view(-1, 1, 1, 1)
             images = torch.where(from_x, x[b_idx], sub_stack[sub_idx[t_idx], b_idx])
+            if road is not None:
+                images = impute_road(images, x[b_idx], from_x, road[t_idx])
             flat[i0:i1] = _target_scores(model, images, target[b_idx], spec)
         return out
+
+
+# -- the ROAD substrate hook --------------------------------------------------------------------
+
+ROAD = "road"
+#: Standard deviation of ROAD's imputation noise, in the units of the (normalised) model input:
+#: 0.01 as in Rong et al. 2022's code and Quantus's ``noisy_linear_imputation``.
+ROAD_NOISE_STD = 0.01
+
+
+def road_noise(x: Tensor, seeds: Sequence[int]) -> Tensor:
+    """(B,C,H,W) noise of ROAD's imputation, ``ROAD_NOISE_STD`` times a standard normal drawn per
+    sample from its own seed: every perturbed image of a sample (each step of its MoRF / LeRF
+    curves) carries the same noise on its removed pixels, whatever the batch layout."""
+    return per_sample_randn(seeds, x.shape[1:], x.device, x.dtype).mul_(ROAD_NOISE_STD)
+
+
+def impute_road(images: Tensor, x: Tensor, from_x: Tensor, is_road: Tensor) -> Tensor:
+    """Complete the ``road`` rows of a chunk of rendered images by noisy linear imputation
+    (Rong et al. 2022, Sec. 4): a removed pixel (``~from_x``) becomes the solution of the
+    8-neighbour system of its image plus the noise the substrate put there. All road images of
+    the chunk are solved in one batched call (:func:`noisy_linear_impute`); other rows are
+    returned unchanged."""
+    rows = is_road.nonzero().flatten()
+    if rows.numel() == 0:
+        return images
+    removed = ~from_x[rows]
+    filled = noisy_linear_impute(x[rows], removed, noise_std=0.0)
+    out = images.clone()
+    out[rows] = filled + removed * images[rows]
+    return out
 
 
 @torch.no_grad()

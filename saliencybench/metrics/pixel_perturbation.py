@@ -121,6 +121,7 @@ class _GroupRun:
     target: Tensor
     reference: Tensor | None  # (1,b_ok) unperturbed scores when a metric needs them
     start: int  # first engine row that is not the unperturbed image scored up front
+    noise_seeds: list[int] | None = None  # per-sample seeds of the road substrate's noise
 
     @property
     def n_units(self) -> int:
@@ -148,7 +149,9 @@ def _start_group(ms: "list[PerturbationCurve]", ctx: EvalContext, a: Tensor, ok:
     engine = CurveEngine(n_units)
     labels = ctx.batch.y.to(x.device)[ok].long()
     target, reference = _target_and_reference(ms, ctx, xv, labels, engine)
-    return _GroupRun(s0, xv, rank_px, counts, engine, target, reference, start=len(engine.keys))
+    noise_seeds = [stable_seed(ctx.seed, "road-noise", ctx.batch.sample_ids[i]) for i in ok.tolist()]
+    return _GroupRun(s0, xv, rank_px, counts, engine, target, reference, start=len(engine.keys),
+                     noise_seeds=noise_seeds)
 
 
 def _target_and_reference(ms: "list[PerturbationCurve]", ctx: EvalContext, xv: Tensor, labels: Tensor,
@@ -192,7 +195,8 @@ def _score_images(run: _GroupRun, ctx: EvalContext) -> Tensor:
     """Render and score every image the plans requested; (K,b_ok) scores, forwards counted."""
     s0, engine, xv = run.settings, run.engine, run.x
     substrates = {
-        n: make_substrate(n, xv, ctx.normalization, blur_kernel=s0.blur_kernel, blur_sigma=s0.blur_sigma)
+        n: make_substrate(n, xv, ctx.normalization, blur_kernel=s0.blur_kernel, blur_sigma=s0.blur_sigma,
+                          seeds=run.noise_seeds)
         for n in {k[0] for k in engine.keys if k[0] is not None}
     }
     spec = ForwardSpec(output=s0.output, max_batch=int(ctx.max_batch), amp=s0.amp)
@@ -240,7 +244,7 @@ class PerturbationCurve(Metric):
     """Insertion / Deletion / ID / LeRF / MoRF / LeRF-MoRF gap on one shared engine.
 
     Parameters (all optional; ``preset`` first, then explicit values): ``kind``, ``preset``
-    (otsuki2024 / rise2018 / none), ``substrate`` (black / zero / mean / blur / min),
+    (otsuki2024 / rise2018 / none), ``substrate`` (black / zero / mean / blur / min / road),
     ``insertion_substrate``, ``deletion_substrate``, ``pixels_per_step`` or ``steps``,
     ``grid`` (inclusive / otsuki), ``auc`` (trapezoid / uniform), ``target`` (label / predicted),
     ``output`` (softmax / logit), ``relative`` (divide by the unperturbed output), ``ties``

@@ -154,6 +154,7 @@ class ModelRandomisation(Metric):
 
     needs_method = True
     default_mode = "cascading"
+    plot_curve = False  # similarity per layer: its own figure, not a perturbation curve
 
     def __init__(self, name: str | None = None, **params: Any) -> None:
         super().__init__(name=name, **params)

@@ -80,17 +80,21 @@ def _initial_guess(xs: Tensor, removed: Tensor) -> Tensor:
 def _solve(rhs: Tensor, removed: Tensor, diag: Tensor, *, rtol: float, max_iter: int, u0: Tensor) -> Tensor:
     """Jacobi-preconditioned conjugate gradients for ``A u = rhs`` on the removed pixels, one
     system per row of the batch, ``A u = removed * (diag * u - neighbour_sum(u))`` for ``u`` zero on
-    known pixels. A system whose residual is below ``rtol * |rhs|`` is frozen (no update)."""
-    inv_diag = removed / diag
-    u = u0.clone()
-    r = rhs - removed * (diag * u - _neighbour_sum(u))
+    known pixels. A system whose residual is below ``rtol * |rhs|`` is done: its solution is stored
+    and, once a quarter of the rows still iterating are done, the working set drops them, so a
+    batch of easy and hard systems (few and many removed pixels) costs about what separate calls
+    cost."""
+    out = u0.clone()
+    rows = torch.arange(rhs.shape[0], device=rhs.device)
+    m, inv_diag, u = removed, removed / diag, u0.clone()
+    r = rhs - m * (diag * u - _neighbour_sum(u))
     z = inv_diag * r
     p = z.clone()
     rz = _batch_dot(r, z)
     tol = rtol * rtol * _batch_dot(rhs, rhs)
     active = _batch_dot(r, r) > tol
     for it in range(max_iter):
-        ap = (diag * p).sub_(_neighbour_sum(p)).mul_(removed)
+        ap = (diag * p).sub_(_neighbour_sum(p)).mul_(m)
         alpha = _ratio(rz, _batch_dot(p, ap), active).view(-1, 1, 1, 1)
         u.addcmul_(alpha, p)
         r.addcmul_(alpha, ap, value=-1)
@@ -98,11 +102,18 @@ def _solve(rhs: Tensor, removed: Tensor, diag: Tensor, *, rtol: float, max_iter:
             active = active & (_batch_dot(r, r) > tol)
             if not bool(active.any()):
                 break
+            n_done = int((~active).sum())
+            if 4 * n_done >= active.numel():  # drop the finished systems from the working set
+                out[rows[~active]] = u[~active]
+                keep = active.nonzero().flatten()
+                rows, m, inv_diag, u, r, p, rz, tol = (t[keep] for t in (rows, m, inv_diag, u, r, p, rz, tol))
+                z, active = torch.empty_like(r), active[keep]
         torch.mul(inv_diag, r, out=z)
         rz_new = _batch_dot(r, z)
         p.mul_(_ratio(rz_new, rz, active).view(-1, 1, 1, 1)).add_(z)
         rz = rz_new
-    return u
+    out[rows] = u
+    return out
 
 
 def noisy_linear_impute(

@@ -18,21 +18,34 @@ from typing import Any, Callable
 import pandas as pd
 
 from saliencybench.benchmark.report.conservation import conservation_report
-from saliencybench.benchmark.report.leaderboard import render_markdown
+from saliencybench.benchmark.report.leaderboard import measurement_plan, metric_directions, render_markdown
 from saliencybench.benchmark.report.localization import localization_report
 from saliencybench.benchmark.report.plots import curve_figures, distribution_figures
+from saliencybench.benchmark.report.randomisation import randomisation_figures
+from saliencybench.benchmark.report.significance import critical_difference_figure
+from saliencybench.benchmark.results import load_results
 from saliencybench.benchmark.store import AttributionCache, read_curves, read_scores
 from saliencybench.core.io import atomic_write_text
 from saliencybench.core.registry import METRICS
 from saliencybench.metrics.conservation import ConservationError
 from saliencybench.metrics.localization import Localization
+from saliencybench.metrics.randomisation import ModelRandomisation
 
 ReportFn = Callable[..., "list[Path]"]
+
+
+
+def randomisation_report(results_dir: Path, scores: pd.DataFrame, cache: Any, *, metric_class: type) -> list[Path]:
+    """Similarity per randomised layer, one figure per (dataset, model, metric) (Adebayo et al.
+    2018, Fig. 2 / Fig. 4)."""
+    return randomisation_figures(read_curves(Path(results_dir)), Path(results_dir) / "figures")
+
 
 #: metric class -> report writer (looked up along the class's MRO)
 METRIC_REPORTS: dict[type, ReportFn] = {
     Localization: localization_report,
     ConservationError: conservation_report,
+    ModelRandomisation: randomisation_report,
 }
 
 
@@ -65,7 +78,7 @@ def make_figures(results_dir: Path, *, metric_bases: dict[str, str] | None = Non
     series = [m for m in curves["metric"].unique()
               if bases.get(m, m) not in METRICS or getattr(METRICS.get(bases.get(m, m)).obj, "plot_curve", True)]
     paths = curve_figures(curves[curves["metric"].isin(series)], fig_dir) + distribution_figures(scores, fig_dir)
-    paths += _metric_reports(results_dir, scores, bases)
+    paths += _metric_reports(results_dir, scores, bases) + significance_figures(results_dir)
     qual = sorted(fig_dir.glob("qualitative_*.png"))
     return sorted(set(paths) | set(qual))
 
@@ -92,6 +105,23 @@ def _metric_reports(results_dir: Path, scores: pd.DataFrame, bases: dict[str, st
             print(f"warning: report of metric '{metric}' failed: {type(e).__name__}: {e}", file=sys.stderr)
             traceback.print_exc(limit=2, file=sys.stderr)
     return paths
+
+
+def significance_figures(results_dir: Path) -> list[Path]:
+    """The critical-difference diagram (Demšar 2006, Sec. 3.2.2, Fig. 1; Nemenyi) over the
+    (dataset, model, metric) blocks of a run, one metric per distinct measurement of the overall
+    rank (:func:`~saliencybench.benchmark.report.leaderboard.measurement_plan`); none when fewer
+    than two methods are common to the blocks."""
+    res = load_results(Path(results_dir), curves=False)
+    metrics = sorted(res.scores["metric"].unique())
+    counted, _, _ = measurement_plan(res.manifest, metrics)
+    scores = res.scores[res.scores["metric"].isin(sorted(set(counted.values())))]
+    try:
+        return [critical_difference_figure(scores, metric_directions(res.manifest, metrics),
+                                           Path(results_dir) / "figures" / "critical_difference.png")]
+    except ValueError as e:  # fewer than two methods in every block
+        print(f"note: no critical-difference diagram: {e}", file=sys.stderr)
+        return []
 
 
 def write_leaderboard(results_dir: Path, out_path: Path, figures: list[Path] | None = None) -> Path:

@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 
 from saliencybench.benchmark.aggregate import aggregate, overall_rank
+from saliencybench.benchmark.report.significance import not_worse_than_best
 from saliencybench.benchmark.results import load_results
 
 ARROW = {True: "↑", False: "↓"}
@@ -47,7 +48,9 @@ LEGEND = (
     "(its count in brackets when it lacks some): metrics identical by construction count "
     "once, and a difference of two counted metrics (such as the ID score) does not count. Rows are "
     "sorted by ID score where the suite has it, else by overall rank. "
-    "Empty cells: the metric does not apply to the method."
+    "Empty cells: the metric does not apply to the method. † not significantly worse than the "
+    "column's best: two-sided Wilcoxon signed-rank test of the paired per-sample differences, "
+    "Holm-corrected over all pairs of methods of the column, α = 0.05 (Demšar 2006, Sec. 3.1.3, 3.2.2)."
 )
 
 
@@ -278,10 +281,28 @@ def _best(g: pd.DataFrame, metrics: list[str]) -> dict[str, float]:
     return best
 
 
-def _cell_text(c: pd.Series, best: float) -> str:
+def not_worse_marks(scores: pd.DataFrame, directions: dict[str, bool]) -> set[tuple[str, str, str, str]]:
+    """(dataset, model, metric, method) of the methods that are not the best of their column and
+    not significantly worse than it (Wilcoxon signed-rank, Holm over the column's pairs, α = 0.05;
+    :func:`~saliencybench.benchmark.report.significance.not_worse_than_best`)."""
+    marks: set[tuple[str, str, str, str]] = set()
+    for (ds, model, metric), block in scores.groupby(["dataset", "model", "metric"], sort=True):
+        ok = block[(block["status"] == "ok") & np.isfinite(block["value"].astype(float))]
+        if ok["method"].nunique() < 2:
+            continue
+        table = not_worse_than_best(ok, higher_is_better=directions.get(metric, True))
+        for row in table.itertuples():
+            if row.not_worse and not row.best:
+                marks.add((ds, model, metric, row.method))
+    return marks
+
+
+def _cell_text(c: pd.Series, best: float, mark: bool = False) -> str:
     txt = _fmt(c["mean"], c["ci_low"], c["ci_high"])
     if txt and np.isfinite(c["mean"]) and math.isclose(c["mean"], best, rel_tol=0, abs_tol=1e-12):
         txt = f"**{txt}**"
+    elif txt and mark:
+        txt += " †"
     if txt and np.isfinite(c["rank"]):
         txt += f" ({int(c['rank'])})"
     if c["n_rejected"]:
@@ -296,16 +317,18 @@ def _overall_text(r: pd.DataFrame, m: str, n_distinct: int) -> str:
     return f"{r.loc[m, 'mean_rank']:.2f}" + (f" [{n_m}/{n_distinct}]" if n_m < n_distinct else "")
 
 
-def _table(g: pd.DataFrame, metrics: list[str], r: pd.DataFrame, n_distinct: int) -> list[str]:
-    """The markdown rows of one (dataset, model) table, header included."""
+def _table(g: pd.DataFrame, metrics: list[str], r: pd.DataFrame, n_distinct: int,
+           marks: set[tuple[str, str]] = frozenset()) -> list[str]:
+    """The markdown rows of one (dataset, model) table, header included; ``marks`` holds the
+    (method, metric) cells that are not significantly worse than their column's best."""
     cell = g.set_index(["method", "metric"])
     best = _best(g, metrics)
     header = ["method"] + [f"{met} {ARROW[bool(g[g['metric'] == met]['higher_is_better'].iloc[0])]}"
                            for met in metrics] + ["overall"]
     lines = ["| " + " | ".join(header) + " |", "|" + "|".join(["---"] + ["---:"] * (len(header) - 1)) + "|"]
     for m in _method_order(g, metrics, r):
-        row = [f"`{m}`"] + [_cell_text(cell.loc[(m, met)], best.get(met, np.nan)) if (m, met) in cell.index else ""
-                            for met in metrics]
+        row = [f"`{m}`"] + [_cell_text(cell.loc[(m, met)], best.get(met, np.nan), (m, met) in marks)
+                            if (m, met) in cell.index else "" for met in metrics]
         lines.append("| " + " | ".join(row + [_overall_text(r, m, n_distinct)]) + " |")
     return lines
 
@@ -331,11 +354,13 @@ def markdown_tables(agg: pd.DataFrame, ranks: pd.DataFrame, manifest: dict[str, 
     lines: list[str] = []
     counted, _, _ = measurement_plan(manifest, sorted(agg["metric"].unique()))
     paper = manifest.get("config", {}).get("paper", [])
+    marks = not_worse_marks(scores, metric_directions(manifest, sorted(agg["metric"].unique())))
     for (ds, model), g in agg.groupby(["dataset", "model"], sort=True):
         metrics = _order(sorted(g["metric"].unique()), manifest)
         r = ranks[(ranks["dataset"] == ds) & (ranks["model"] == model)].set_index("method")
         n_distinct = len({counted[m] for m in metrics if m in counted})
-        lines += [f"## {ds} / {model}", ""] + _table(g, metrics, r, n_distinct)
+        table_marks = {(m, met) for d, mo, met, m in marks if (d, mo) == (ds, model)}
+        lines += [f"## {ds} / {model}", ""] + _table(g, metrics, r, n_distinct, table_marks)
         rej = g[g["n_rejected"] > 0]
         if len(rej):
             lines.append("")

@@ -70,6 +70,6 @@ def randomisation_figures(curves: pd.DataFrame, out_dir: Path, *,
         _draw(ax, block, None if names is None else list(reversed(names)) if kind == "cascading" else list(names))
         ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
         ax.set_title(f"{ds} / {model}: {kind} randomisation ({metric})", fontsize=9)
-        paths.append(save_figure(fig, out_dir / f"randomisation_{safe_filename(metric)}_{safe_filename(ds)}_"
-                                               f"{safe_filename(model)}.png"))
+        name = f"randomisation_{safe_filename(metric)}_{safe_filename(ds)}_{safe_filename(model)}.png"
+        paths.append(save_figure(fig, out_dir / name, dpi=80))  # line plots: screen-sized at 80 dpi
     return paths
