@@ -26,16 +26,12 @@ import pandas as pd
 import torch
 from torch import Tensor
 
-from saliencybench.benchmark.results import (  # noqa: F401  (re-exported: the one results reader)
+from saliencybench.benchmark.results import (
     CURVE_COLUMNS,
     CURVES_FILE,
-    RESULT_FILES,
     SCORE_COLUMNS,
     parse_curves,
     parse_scores,
-    read_curves,
-    read_manifest,
-    read_scores,
 )
 from saliencybench.core.errors import ResultsError
 from saliencybench.core.io import atomic_write_bytes, atomic_write_text, read_verified, safe_filename

@@ -17,8 +17,8 @@ import torch
 from helpers.methods import FAST, assert_same_state, builtin_methods, model_state, tiny_resnet
 from saliencybench.attributions.base import compute_attribution
 from saliencybench.benchmark.config import config_from_dict
+from saliencybench.benchmark.results import read_scores
 from saliencybench.benchmark.runner import run_suite
-from saliencybench.benchmark.store import read_scores
 from saliencybench.core.errors import NotApplicableError
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")

@@ -12,7 +12,7 @@ from typing import Any
 import pandas as pd
 
 from saliencybench.benchmark.report.plots import save_figure
-from saliencybench.benchmark.store import read_curves
+from saliencybench.benchmark.results import read_curves
 from saliencybench.core.io import safe_filename
 from saliencybench.core.types import MetricOutput
 from saliencybench.metrics.conservation import CHECKPOINTS

@@ -23,8 +23,8 @@ from saliencybench.benchmark.report.localization import localization_report
 from saliencybench.benchmark.report.plots import curve_figures, distribution_figures
 from saliencybench.benchmark.report.randomisation import randomisation_figures
 from saliencybench.benchmark.report.significance import critical_difference_figure
-from saliencybench.benchmark.results import load_results
-from saliencybench.benchmark.store import AttributionCache, read_curves, read_scores
+from saliencybench.benchmark.results import load_results, read_curves, read_scores
+from saliencybench.benchmark.store import AttributionCache
 from saliencybench.core.io import atomic_write_text
 from saliencybench.core.registry import METRICS
 from saliencybench.metrics.conservation import ConservationError

@@ -30,7 +30,7 @@ from saliencybench.benchmark.report.aggatt import (
 )
 from saliencybench.benchmark.report.plots import save_figure
 from saliencybench.benchmark.report.spearman import kernel_sweep_table, plot_spearman, spearman_matrix
-from saliencybench.benchmark.store import read_manifest
+from saliencybench.benchmark.results import read_manifest
 from saliencybench.core.io import safe_filename
 from saliencybench.core.registry import DATASETS, METHODS, METRICS
 from saliencybench.metrics.localization import Localization, localization_parts

@@ -18,8 +18,8 @@ from torch import nn
 import saliencybench as sb
 from helpers import REPO
 from saliencybench.benchmark.config import SuiteConfig
+from saliencybench.benchmark.results import SCORE_COLUMNS, read_curves, read_scores
 from saliencybench.benchmark.runner import run_suite
-from saliencybench.benchmark.store import SCORE_COLUMNS, read_curves, read_scores
 from saliencybench.core.registry import UnknownNameError
 
 README = REPO / "README.md"

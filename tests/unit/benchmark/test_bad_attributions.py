@@ -23,8 +23,8 @@ import torch
 from helpers.toy import TOY_TOML, register_all
 from saliencybench.benchmark.config import load_config
 from saliencybench.benchmark.report.leaderboard import render_markdown
+from saliencybench.benchmark.results import read_scores
 from saliencybench.benchmark.runner import run_suite
-from saliencybench.benchmark.store import read_scores
 from saliencybench.core.registry import METHODS, register_method
 
 register_all()

@@ -12,7 +12,7 @@ import pytest
 from helpers import REPO
 from saliencybench.benchmark.config import load_config
 from saliencybench.benchmark.report.leaderboard import build_tables, render_markdown
-from saliencybench.benchmark.store import SCORE_COLUMNS
+from saliencybench.benchmark.results import SCORE_COLUMNS
 from saliencybench.core.registry import METRICS
 
 ROOT = REPO

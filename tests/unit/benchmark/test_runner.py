@@ -11,8 +11,8 @@ import torch
 
 from helpers.toy import TOY_TOML, register_all
 from saliencybench.benchmark.config import config_from_dict, load_config
+from saliencybench.benchmark.results import read_scores
 from saliencybench.benchmark.runner import Runner, run_suite
-from saliencybench.benchmark.store import read_scores
 from saliencybench.core.errors import ConfigError
 
 register_all()

@@ -10,8 +10,8 @@ from helpers.toy import TOY_TOML, register_all
 from saliencybench.benchmark.config import load_config
 from saliencybench.benchmark.report.figures import make_figures
 from saliencybench.benchmark.report.leaderboard import not_worse_marks, render_markdown
+from saliencybench.benchmark.results import read_scores
 from saliencybench.benchmark.runner import run_suite
-from saliencybench.benchmark.store import read_scores
 
 register_all()
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from saliencybench.benchmark.config import config_from_dict, split_spec
+from saliencybench.benchmark.results import read_scores
 from saliencybench.benchmark.runner import (
     build_model,
     match_normalization,
@@ -16,7 +17,6 @@ from saliencybench.benchmark.runner import (
     resolve_suite,
     run_suite,
 )
-from saliencybench.benchmark.store import read_scores
 from saliencybench.core.modules import get_layer
 from saliencybench.core.registry import MODELS, MissingDependencyError, UnknownNameError
 from saliencybench.core.types import IDENTITY_NORMALIZATION, Normalization, SampleSet
